@@ -1,0 +1,1 @@
+"""sqlalchemy-outbox."""

@@ -1,0 +1,59 @@
+"""The exception tree. Every error this package raises on purpose derives from `OutboxError`.
+
+    OutboxError
+    ├── ConfigurationError (also ValueError)   bad names, options, URLs; raised when a value is built
+    │   ├── NotInstalledError                  emit() on a session whose factory was never installed
+    │   └── TableMissingError                  the outbox table does not exist: run the migration
+    ├── PayloadError (also TypeError)          a payload or header that cannot be serialized, at emit()
+    ├── PublishError                           the broker did not take a message
+    │   ├── BrokerUnavailableError             transient: outage, timeout, leader moving (retry)
+    │   └── EventRejectedError                 permanent for this event: too large, invalid topic (park)
+    └── LeaseLostError                         this relay is no longer the active one (fenced)
+
+kafka-python's exceptions never escape the Kafka publisher: they are translated at that boundary.
+"""
+
+from __future__ import annotations
+
+
+class OutboxError(Exception):
+    """Root of every error raised by sqlalchemy-outbox."""
+
+
+class ConfigurationError(OutboxError, ValueError):
+    """A setting, name or URL is invalid. The message says which and why."""
+
+
+class NotInstalledError(ConfigurationError):
+    """`emit` was called on a session whose class or factory was never passed to `install`."""
+
+
+class TableMissingError(ConfigurationError):
+    """The outbox table does not exist in the database."""
+
+
+class PayloadError(OutboxError, TypeError):
+    """A payload or header value cannot be serialized to bytes."""
+
+
+class PublishError(OutboxError):
+    """The broker did not acknowledge a message."""
+
+    #: True when sending the same message again may succeed.
+    retriable: bool = True
+
+
+class BrokerUnavailableError(PublishError):
+    """The broker cannot be reached or did not answer in time. Not the event's fault."""
+
+    retriable = True
+
+
+class EventRejectedError(PublishError):
+    """The broker rejected this event for good (too large, invalid topic name, ...)."""
+
+    retriable = False
+
+
+class LeaseLostError(OutboxError):
+    """This relay lost its lease: another relay may be active, so it must not publish or mark."""

@@ -1,0 +1,121 @@
+"""The broker behind a narrow interface, and an in-memory implementation for tests.
+
+Contract of `Publisher`
+-----------------------
+``publish(messages)`` starts sending every message, in the order given, and returns at once
+with a `Delivery`. It never blocks on acknowledgements; it may block briefly when the client's
+buffer is full. Messages with the same topic and key reach the broker in the order given.
+
+``Delivery.wait(timeout)`` blocks until every message of that call was acknowledged or failed,
+or the timeout passed, and returns one outcome per message, in order: ``None`` for an
+acknowledged message, else a `PublishError`: `BrokerUnavailableError` for a transient failure
+(outage, timeout: the message was maybe not stored), `EventRejectedError` for a permanent
+rejection of that message (too large, invalid topic). A message that has not resolved when the
+timeout passes gets a `BrokerUnavailableError`. `wait` raises nothing else.
+
+An acknowledged message is stored by the broker under its durability settings (for Kafka:
+``acks=all``). ``close(timeout)`` flushes what is buffered and releases the connection.
+
+Thread safety: one thread calls ``publish``; ``Delivery.wait`` may be called from another
+thread; ``close`` from any thread, once. Implementations translate their client's exceptions
+into this package's errors at this boundary: no client exception escapes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from outbox.errors import BrokerUnavailableError, EventRejectedError, PublishError
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One record to publish."""
+
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]] = ()
+    #: Milliseconds since the epoch; None lets the broker client stamp it.
+    timestamp_ms: int | None = None
+
+
+@runtime_checkable
+class Delivery(Protocol):
+    def wait(self, timeout: float | None = None) -> list[PublishError | None]:
+        """Outcomes of the messages of one `publish` call, in order (see the module contract)."""
+        ...
+
+
+@runtime_checkable
+class Publisher(Protocol):
+    def publish(self, messages: Sequence[Message]) -> Delivery:
+        """Start sending `messages` in order; return without waiting for acknowledgements."""
+        ...
+
+    def close(self, timeout: float | None = None) -> None:
+        """Flush buffered messages and release resources."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedDelivery:
+    """A `Delivery` whose outcomes are already known."""
+
+    outcomes: list[PublishError | None]
+
+    def wait(self, timeout: float | None = None) -> list[PublishError | None]:
+        return list(self.outcomes)
+
+
+@dataclass
+class InMemoryPublisher:
+    """A `Publisher` that keeps what it was given, for tests of code that uses a relay.
+
+    ``messages`` holds every acknowledged message in publish order. ``fail_with`` decides the
+    outcome of a message: return an error to fail it (it is then not stored), or None.
+    Set ``available = False`` to simulate an outage: every message fails as unavailable.
+    """
+
+    fail_with: Callable[[Message], PublishError | None] | None = None
+    available: bool = True
+    messages: list[Message] = field(default_factory=list)
+    closed: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def publish(self, messages: Sequence[Message]) -> Delivery:
+        outcomes: list[PublishError | None] = []
+        with self._lock:
+            if self.closed:
+                raise BrokerUnavailableError("publisher is closed")
+            for message in messages:
+                error: PublishError | None
+                if not self.available:
+                    error = BrokerUnavailableError("in-memory broker is unavailable")
+                elif self.fail_with is not None:
+                    error = self.fail_with(message)
+                else:
+                    error = None
+                if error is None:
+                    self.messages.append(message)
+                outcomes.append(error)
+        return ResolvedDelivery(outcomes)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+    def by_topic(self, topic: str) -> list[Message]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.messages.clear()
+
+
+def reject(reason: str) -> EventRejectedError:
+    """A permanent rejection, for `InMemoryPublisher.fail_with` callbacks."""
+    return EventRejectedError(reason)

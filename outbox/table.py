@@ -1,0 +1,98 @@
+"""The outbox table and the relay's lease table, on a library-owned `MetaData`.
+
+Column names follow Debezium's Outbox Event Router defaults (`id`, `aggregatetype`,
+`aggregateid`, `type`, `payload`), so a team can switch from this relay to CDC later without
+touching application code. The remaining columns are the relay's own bookkeeping.
+
+Types are plain and portable; constraint and index names are explicit so that Alembic's
+autogenerate compares them reliably on every dialect.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+
+from outbox._names import check_identifier
+
+# Kafka topic names are at most 249 characters.
+TOPIC_LENGTH = 249
+NAME_LENGTH = 255
+
+PAYLOAD_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def lease_table_name(table_name: str) -> str:
+    return f"{table_name}_lease"
+
+
+def build_outbox_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
+    """Define the outbox table on `metadata`."""
+    check_identifier(table_name, "table name")
+    if schema is not None:
+        check_identifier(schema, "schema name")
+    t = table_name
+    return sa.Table(
+        table_name,
+        metadata,
+        # Insert order. The relay reads in this order; sqlite_autoincrement stops SQLite from
+        # reusing the numbers of deleted rows, which would break that order.
+        sa.Column("seq", SEQ_TYPE, primary_key=True, autoincrement=True),
+        # The event's identity: a time-ordered UUIDv7, sent as the `event_id` header.
+        sa.Column("id", sa.Uuid(), nullable=False),
+        sa.Column("aggregatetype", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("aggregateid", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("type", sa.String(NAME_LENGTH), nullable=False),
+        # The Kafka record value, stored as the exact bytes to send. NULL is a tombstone.
+        sa.Column("payload", PAYLOAD_TYPE, nullable=True),
+        # Explicit topic; NULL means topic prefix + aggregate type.
+        sa.Column("topic", sa.String(TOPIC_LENGTH), nullable=True),
+        # Explicit Kafka key; NULL means the aggregate id.
+        sa.Column("key", sa.String(NAME_LENGTH), nullable=True),
+        # User headers (and trace context) as a JSON object of text values.
+        sa.Column("headers", sa.JSON(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        # Set when the event was parked after a permanent rejection; requeue clears it.
+        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
+        # Set only when published events are retained for a window (default: deleted at once).
+        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("seq", name=f"pk_{t}"),
+        sa.UniqueConstraint("id", name=f"uq_{t}_id"),
+        sa.Index(f"ix_{t}_pending", "published_at", "seq"),
+        sa.Index(f"ix_{t}_parked", "parked_at"),
+        schema=schema,
+        sqlite_autoincrement=True,
+    )
+
+
+def build_lease_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
+    """Define the lease table that elects the one active relay of an outbox table.
+
+    A row per lease name: the holder, a fencing epoch that grows with every change of holder,
+    and an expiry judged by the database clock only.
+    The table lives beside the outbox table and is created by the same migration.
+    """
+    name = lease_table_name(table_name)
+    check_identifier(name, "lease table name")
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("name", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("owner", sa.String(NAME_LENGTH), nullable=True),
+        sa.Column("epoch", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        # Seconds since the epoch by the database's clock (never a relay's clock), as a plain
+        # number so that "now + ttl" is the same arithmetic on every dialect.
+        sa.Column("expires_at", sa.Double(), nullable=False, server_default=sa.text("0")),
+        sa.Column("renewed_at", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("name", name=f"pk_{name}"),
+        schema=schema,
+    )
+
+
+def notify_channel(table_name: str, schema: str | None) -> str:
+    """The PostgreSQL LISTEN/NOTIFY channel that wakes relays of this table (at most 63 bytes)."""
+    return f"outbox_{schema}_{table_name}"[:63] if schema else f"outbox_{table_name}"[:63]

@@ -1,0 +1,122 @@
+"""Helpers shared by the test suites: real databases, the real broker, a real consumer."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+PG_BASE = os.environ.get("OUTBOX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MYSQL_BASE = os.environ.get("OUTBOX_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
+
+
+def _admin_engine(base: str) -> sa.Engine:
+    return sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+
+
+@contextmanager
+def fresh_database(kind: str, tmp_path: str) -> Iterator[str]:
+    """A new, empty database of `kind` (postgresql, mariadb, sqlite); dropped afterwards.
+
+    Fails (never skips) when the server is not reachable.
+    """
+    name = f"obx_{uuid.uuid4().hex[:12]}"
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path}/{name}.db"
+        return
+    base = sa.make_url(PG_BASE if kind == "postgresql" else MYSQL_BASE)
+    admin = _admin_engine(base.render_as_string(hide_password=False))
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            if kind == "postgresql":
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            else:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
+
+
+def async_url(url: str) -> str:
+    """The same database through the asyncio driver (asyncpg, aiosqlite, aiomysql)."""
+    parsed = sa.make_url(url)
+    driver = {"postgresql": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}.get(
+        parsed.get_backend_name()
+    )
+    if driver is None:
+        raise ValueError(f"no asyncio driver for {parsed.get_backend_name()} in the test suite")
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+@dataclass(frozen=True)
+class Received:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    timestamp_ms: int
+
+
+def consume(
+    bootstrap_servers: str,
+    topics: list[str] | str,
+    expected: int,
+    timeout: float = 30.0,
+    settle: float = 0.0,
+) -> list[Received]:
+    """Read every record of `topics` from the beginning until `expected` arrived or `timeout`.
+
+    Partitions are assigned by hand: Tansu completes a group join only after the rebalance
+    timeout. With `settle` > 0, keep reading that long after `expected` arrived (to see extras).
+    """
+    from kafka import KafkaConsumer, TopicPartition
+
+    topic_list = [topics] if isinstance(topics, str) else list(topics)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=500,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        partitions: list[TopicPartition] = []
+        while time.monotonic() < deadline:
+            partitions = [
+                TopicPartition(t, p)
+                for t in topic_list
+                for p in sorted(consumer.partitions_for_topic(t) or ())
+            ]
+            if partitions and len({tp.topic for tp in partitions}) == len(topic_list):
+                break
+            time.sleep(0.2)
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        out: list[Received] = []
+        done_at: float | None = None
+        while time.monotonic() < deadline:
+            batches = consumer.poll(timeout_ms=200)
+            for tp, records in batches.items():
+                for r in records:
+                    out.append(
+                        Received(
+                            tp.topic, tp.partition, r.offset, r.key, r.value,
+                            dict(r.headers or []), r.timestamp,
+                        )
+                    )
+            if len(out) >= expected:
+                done_at = done_at or time.monotonic()
+                if time.monotonic() - done_at >= settle:
+                    break
+        return out
+    finally:
+        consumer.close()
