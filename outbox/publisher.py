@@ -13,6 +13,12 @@ acknowledged message, else a `PublishError`: `BrokerUnavailableError` for a tran
 rejection of that message (too large, invalid topic). A message that has not resolved when the
 timeout passes gets a `BrokerUnavailableError`. `wait` raises nothing else.
 
+Per-key order within a call: once a message fails at once (the publisher can tell before
+sending it: too large, invalid topic, client closed), later messages of that call with the same
+topic and key are not sent and get the same outcome, so no later event of a key overtakes a
+failed one. A failure the broker reports later cannot stop messages already sent; the relay
+then resends the key from its first unacknowledged message.
+
 An acknowledged message is stored by the broker under its durability settings (for Kafka:
 ``acks=all``). ``close(timeout)`` flushes what is buffered and releases the connection.
 
@@ -88,12 +94,16 @@ class InMemoryPublisher:
 
     def publish(self, messages: Sequence[Message]) -> Delivery:
         outcomes: list[PublishError | None] = []
+        failed: dict[tuple[str, bytes | None], PublishError] = {}
         with self._lock:
             if self.closed:
                 raise BrokerUnavailableError("publisher is closed")
             for message in messages:
                 error: PublishError | None
-                if not self.available:
+                line = (message.topic, message.key)
+                if line in failed:
+                    error = failed[line]
+                elif not self.available:
                     error = BrokerUnavailableError("in-memory broker is unavailable")
                 elif self.fail_with is not None:
                     error = self.fail_with(message)
@@ -101,6 +111,8 @@ class InMemoryPublisher:
                     error = None
                 if error is None:
                     self.messages.append(message)
+                else:
+                    failed[line] = error
                 outcomes.append(error)
         return ResolvedDelivery(outcomes)
 

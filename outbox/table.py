@@ -22,6 +22,8 @@ NAME_LENGTH = 255
 PAYLOAD_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
 SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+# MySQL's DATETIME drops fractions of a second unless told otherwise; latency is in milliseconds.
+TIMESTAMP_TYPE = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
 def lease_table_name(table_name: str) -> str:
@@ -53,13 +55,13 @@ def build_outbox_table(metadata: sa.MetaData, table_name: str, schema: str | Non
         sa.Column("key", sa.String(NAME_LENGTH), nullable=True),
         # User headers (and trace context) as a JSON object of text values.
         sa.Column("headers", sa.JSON(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("created_at", TIMESTAMP_TYPE, nullable=False),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
         sa.Column("last_error", sa.Text(), nullable=True),
         # Set when the event was parked after a permanent rejection; requeue clears it.
-        sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("parked_at", TIMESTAMP_TYPE, nullable=True),
         # Set only when published events are retained for a window (default: deleted at once).
-        sa.Column("published_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("published_at", TIMESTAMP_TYPE, nullable=True),
         sa.PrimaryKeyConstraint("seq", name=f"pk_{t}"),
         sa.UniqueConstraint("id", name=f"uq_{t}_id"),
         sa.Index(f"ix_{t}_pending", "published_at", "seq"),

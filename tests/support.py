@@ -120,3 +120,53 @@ def consume(
         return out
     finally:
         consumer.close()
+
+
+def create_outbox_tables(url: str, table: str = "outbox", schema: str | None = None) -> sa.Table:
+    """Create the outbox and lease tables straight from the model; returns the outbox table."""
+    from outbox.table import build_lease_table, build_outbox_table
+
+    metadata = sa.MetaData()
+    outbox_table = build_outbox_table(metadata, table, schema)
+    build_lease_table(metadata, table, schema)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        metadata.create_all(engine)
+    finally:
+        engine.dispose()
+    return outbox_table
+
+
+def insert_rows(url: str, table: sa.Table, rows: list[dict[str, object]]) -> None:
+    """Insert raw outbox rows (for relay tests that need exact control over the table)."""
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    full = [
+        {
+            "id": uuid.uuid4(),
+            "aggregatetype": "order",
+            "type": "OrderPlaced",
+            "created_at": now,
+            **row,
+        }
+        for row in rows
+    ]
+    # executemany takes its columns from the first row: give every row the same ones.
+    columns = {name for row in full for name in row}
+    full = [{name: row.get(name) for name in columns} for row in full]
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() as conn:
+            conn.execute(table.insert(), full)
+    finally:
+        engine.dispose()
+
+
+def count_rows(url: str, table: sa.Table) -> int:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+    finally:
+        engine.dispose()

@@ -1,0 +1,481 @@
+"""The relay loop: read pending events, publish them, mark them, in order, with one active relay
+per table. It contains no SQL (see `outbox.store`) and does not import kafka-python (see
+`outbox.kafka`).
+
+Design
+------
+* **One active relay per table.** Relays elect a leader through a lease row in the database,
+  judged by the database's clock. The holder renews it every ``lease_ttl / 3`` seconds;
+  standbys try to take it every second, so after a holder dies a standby takes over within
+  ``lease_ttl + 1`` seconds (7 s by default). A single publisher per table is what keeps every
+  key's events in outbox order however many sidecars run.
+* **Fencing.** Taking the lease bumps its epoch. Every mark (delete / park) runs in one
+  transaction with an update of the lease row that matches only our epoch while unexpired, so a
+  relay that was paused past its lease cannot mark anything, and before each send the relay
+  checks a local deadline that ends before the database's expiry.
+* **At least once.** A row is deleted only after the broker acknowledged it. On any failure the
+  rows of that key that follow the failed one are not marked either, so the next pass resends
+  the key from its first unacknowledged event.
+* **No skipped rows.** Each pass reads from the start of the pending rows (never "after the last
+  id seen" across passes), so a transaction that commits late is still published.
+* **Outages are not poison.** An unavailable broker or database pauses the relay with jittered
+  exponential backoff (tenacity) and never counts an attempt against an event. Only a permanent
+  rejection of one event counts; after ``max_attempts`` the event is parked and, by default,
+  later events of its key wait until it is requeued or dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from outbox.config import RelayConfig
+from outbox.envelope import make_encoder
+from outbox.errors import (
+    BrokerUnavailableError,
+    LeaseLostError,
+    OutboxError,
+    PublishError,
+)
+from outbox.observer import RelayObserver
+from outbox.publisher import Delivery, Message, Publisher
+from outbox.records import PendingEvent
+from outbox.retry import retry_transient
+from outbox.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
+
+logger = logging.getLogger("outbox.relay")
+
+#: Batches kept in flight: the next batch is read while the previous one is being sent.
+PIPELINE_DEPTH = 2
+#: A pass restarts from the first pending row after this many batches, so rows whose
+#: transaction committed late are found even under a continuous stream.
+BATCHES_PER_PASS = 50
+#: Seconds between backlog samples (a COUNT query) reported to the observer.
+BACKLOG_INTERVAL = 5.0
+#: Seconds between purges of retained published events.
+PURGE_INTERVAL = 60.0
+
+
+@dataclass
+class RelayState:
+    """What the health endpoints report."""
+
+    database: bool = False
+    broker: bool = False
+    lease: bool = False
+    started: bool = False
+    last_loop: float = field(default_factory=time.monotonic)
+    detail: str = ""
+
+
+@dataclass
+class _InFlight:
+    events: list[PendingEvent]
+    messages: list[Message]
+    delivery: Delivery
+    started: float
+
+
+def default_publisher(config: RelayConfig) -> Publisher:
+    """The Kafka publisher, imported only when a relay is built without one."""
+    from outbox.kafka import KafkaPublisher
+
+    return KafkaPublisher(config.bootstrap_servers, config.producer_config)
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, BrokerUnavailableError) or is_transient_db_error(error)
+
+
+class Relay:
+    """Publishes an outbox table to the broker.
+
+    ``run()`` runs until ``stop()`` (thread-safe, also from a signal handler). ``run_once()``
+    does a single pass and returns how many events it published; it raises
+    `BrokerUnavailableError` when the broker failed during the pass (nothing is lost: the
+    unacknowledged events stay in the table).
+    """
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        *,
+        publisher: Publisher | None = None,
+        store: OutboxStore | None = None,
+        observer: RelayObserver | None = None,
+        owner: str | None = None,
+        publisher_factory: Callable[[RelayConfig], Publisher] = default_publisher,
+    ) -> None:
+        self.config = config
+        self.store = store or OutboxStore(
+            create_relay_engine(config.db_url), config.table, config.schema
+        )
+        self.observer = observer or RelayObserver()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.state = RelayState()
+        self._publisher = publisher
+        self._publisher_factory = publisher_factory
+        self._encode = make_encoder(config)
+        self._stop = threading.Event()
+        self._lease: Lease | None = None
+        self._renew_at = 0.0
+        self._deadline = 0.0
+        self._waker: Waker | None = None
+        self._next_backlog = 0.0
+        self._next_purge = 0.0
+
+    # -- public ------------------------------------------------------------------------------
+
+    @property
+    def lease(self) -> Lease | None:
+        return self._lease
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self) -> None:
+        """Ask the relay to finish the batch in flight and return from `run`."""
+        self._stop.set()
+        if self._waker is not None:
+            self._waker.interrupt()
+
+    def alive(self) -> bool:
+        """The loop has turned recently (liveness probe)."""
+        return time.monotonic() - self.state.last_loop < max(30.0, self.config.lease_ttl * 5)
+
+    def ready(self) -> tuple[bool, dict[str, Any]]:
+        """Database and broker reachable (readiness probe), with the lease state."""
+        s = self.state
+        info = {
+            "database": s.database,
+            "broker": s.broker,
+            "lease": "active" if s.lease else "standby",
+        }
+        return s.started and s.database and s.broker, info
+
+    def run_once(self) -> int:
+        """Start if needed, take the lease if free, and publish what is pending once."""
+        self._start()
+        if not self._hold_lease():
+            return 0
+        return self._pass()
+
+    def run(self) -> None:
+        """Publish until stopped. Waits (with backoff, saying what for) for the database and the
+        broker at start-up; configuration mistakes and a missing table raise at once."""
+        try:
+            self._retry(self._start)
+            while not self._stop.is_set():
+                self.state.last_loop = time.monotonic()
+                published = self._retry(self._cycle)
+                if published == 0 and not self._stop.is_set():
+                    self._idle()
+        except OutboxError:
+            raise
+        except Exception:
+            if self._stop.is_set():
+                return  # an interrupted retry while stopping is a normal exit
+            raise
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the lease, flush and close the publisher. Called by `run` on exit."""
+        if self._lease is not None:
+            try:
+                self.store.release(self._lease)
+                logger.info("released the lease (epoch %d)", self._lease.epoch)
+            except Exception as error:
+                logger.warning("could not release the lease: %s", _first_line(error))
+            self._set_lease(None)
+        if self._publisher is not None:
+            try:
+                self._publisher.close(self.config.shutdown_timeout)
+            except OutboxError as error:
+                logger.warning("closing the publisher: %s", error)
+        if self._waker is not None:
+            self._waker.close()
+            self._waker = None
+
+    # -- start-up and the lease --------------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], int | None]) -> int:
+        result = retry_transient(
+            fn,
+            is_transient=_is_transient,
+            stop=self._stop,
+            describe=self._describe,
+            logger=logger,
+            maximum=5.0,
+            on_retry=self._on_failure,
+        )
+        return result or 0
+
+    def _start(self) -> None:
+        if self.state.started:
+            return
+        self.store.check_table()
+        self._mark("database", True)
+        if self._publisher is None:
+            self._publisher = self._publisher_factory(self.config)
+        self._mark("broker", True)
+        self._waker = self.store.waker()
+        self.state.started = True
+        logger.info(
+            "relay %s started on %s table %s",
+            self.owner,
+            self.config.masked_db_url,
+            self.store.table.fullname,
+        )
+
+    def _hold_lease(self) -> bool:
+        """Keep or take the lease; False while another relay holds it."""
+        now = time.monotonic()
+        ttl = self.config.lease_ttl
+        if self._lease is not None:
+            if now < self._renew_at:
+                return True
+            try:
+                self.store.renew(self._lease, ttl)
+                self._set_deadlines(now)
+                return True
+            except LeaseLostError:
+                logger.warning("lost the lease (epoch %d): now standby", self._lease.epoch)
+                self._set_lease(None)
+        lease = self.store.try_acquire(self.owner, ttl)
+        if lease is None:
+            return False
+        self._set_deadlines(now)
+        self._set_lease(lease)
+        logger.info("acquired the lease (epoch %d): now the active relay", lease.epoch)
+        return True
+
+    def _set_deadlines(self, started: float) -> None:
+        ttl = self.config.lease_ttl
+        self._renew_at = started + ttl / 3
+        # Ends before the database's expiry (counted from after `started`), with a margin for
+        # clock drift: past it this relay must not send without renewing first.
+        self._deadline = started + ttl * 0.8
+
+    def _set_lease(self, lease: Lease | None) -> None:
+        changed = (lease is None) != (self._lease is None)
+        self._lease = lease
+        self.state.lease = lease is not None
+        if changed:
+            self.observer.lease(lease is not None)
+
+    def _ensure_fresh_lease(self) -> Lease:
+        """Renew before sending when due; raise LeaseLostError if the lease is gone."""
+        if self._lease is None:
+            raise LeaseLostError("no lease")
+        now = time.monotonic()
+        if now >= self._renew_at:
+            self.store.renew(self._lease, self.config.lease_ttl)
+            self._set_deadlines(now)
+        elif now >= self._deadline:
+            raise LeaseLostError("local lease deadline passed")
+        return self._lease
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _cycle(self) -> int:
+        if not self._hold_lease():
+            return 0
+        try:
+            published = self._pass()
+        except LeaseLostError as error:
+            logger.warning("lease lost while publishing (%s): now standby", error)
+            self._set_lease(None)
+            return 0
+        self._housekeeping()
+        return published
+
+    def _idle(self) -> None:
+        if self._lease is None:
+            # Standby: try to take over about once a second.
+            self._stop.wait(min(1.0, self.config.lease_ttl / 4))
+            return
+        timeout = min(self.config.poll_interval, max(0.0, self._renew_at - time.monotonic()))
+        if self._waker is not None:
+            self._waker.wait(timeout)
+        else:
+            self._stop.wait(timeout)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_backlog:
+            self._next_backlog = now + BACKLOG_INTERVAL
+            status = self.store.status()
+            self.observer.backlog(status.pending, status.oldest_pending_age_seconds)
+        if self.config.retention > 0 and now >= self._next_purge:
+            self._next_purge = now + PURGE_INTERVAL
+            purged = self.store.purge(self.config.retention)
+            if purged:
+                logger.info("purged %d published events older than %ss", purged, self.config.retention)
+
+    def _pass(self) -> int:
+        """Publish pending events until none are left (or a pass's worth); return the count."""
+        assert self._publisher is not None
+        publisher = self._publisher
+        config = self.config
+        held = self.store.parked_keys() if config.hold_parked_keys else frozenset()
+        # Keys that must not be sent again in this pass: a failure or garbage in their line.
+        blocked: set[str] = set()
+        inflight: deque[_InFlight] = deque()
+        cursor: int | None = None
+        outage: PublishError | None = None
+        exhausted = False
+        batches = 0
+        published = 0
+        while True:
+            fetch = (
+                outage is None
+                and not exhausted
+                and not self._stop.is_set()
+                and batches < BATCHES_PER_PASS
+                and len(inflight) < PIPELINE_DEPTH
+            )
+            if fetch:
+                started = time.monotonic()
+                self._ensure_fresh_lease()
+                events = self.store.fetch_pending(config.batch_size, cursor, held)
+                exhausted = len(events) < config.batch_size
+                batches += 1
+                if events:
+                    cursor = events[-1].seq
+                    sendable, messages = self._encode_batch(events, blocked)
+                    if sendable:
+                        delivery = publisher.publish(messages)
+                        inflight.append(_InFlight(sendable, messages, delivery, started))
+                    continue
+            if not inflight:
+                break
+            marked, failure = self._settle(inflight.popleft(), blocked)
+            published += marked
+            outage = outage or failure
+        if outage is not None:
+            raise outage
+        return published
+
+    def _encode_batch(
+        self, events: list[PendingEvent], blocked: set[str]
+    ) -> tuple[list[PendingEvent], list[Message]]:
+        """Messages for the events that may go now; unencodable rows are parked at once."""
+        sendable: list[PendingEvent] = []
+        messages: list[Message] = []
+        garbage: list[tuple[int, str]] = []
+        encode = self._encode
+        for event in events:
+            key = event.partition_key
+            if blocked and key in blocked:
+                continue
+            try:
+                message = encode(event)
+            except Exception as error:  # garbage in the row: park it, never stop the relay
+                garbage.append((event.seq, f"cannot encode event {event.id}: {error}"))
+                if self.config.hold_parked_keys:
+                    blocked.add(key)
+                logger.error("parking event %s (seq %d): %s", event.id, event.seq, error)
+                continue
+            sendable.append(event)
+            messages.append(message)
+        if garbage:
+            assert self._lease is not None
+            self.store.record_rejections(
+                self._lease, self.config.lease_ttl, garbage, 1, park_now=True
+            )
+            self.observer.parked("<unencodable>", len(garbage))
+        return sendable, messages
+
+    def _settle(self, batch: _InFlight, blocked: set[str]) -> tuple[int, PublishError | None]:
+        """Wait for a batch's acknowledgements, then mark what may be marked. Returns the
+        number marked and the outage that failed some of its sends, if any."""
+        config = self.config
+        outcomes = batch.delivery.wait(config.shutdown_timeout + 30.0)
+        done: list[int] = []
+        done_topics: dict[str, list[float]] = defaultdict(list)
+        rejected: list[tuple[int, str]] = []
+        rejected_topics: dict[str, int] = defaultdict(int)
+        unavailable: dict[str, int] = defaultdict(int)
+        outage: PublishError | None = None
+        now = time.time()
+        for event, message, outcome in zip(batch.events, batch.messages, outcomes, strict=True):
+            key = event.partition_key
+            if outcome is None:
+                # Landed, but an earlier event of its key failed: leave it, it goes again after.
+                if key not in blocked:
+                    done.append(event.seq)
+                    done_topics[message.topic].append(now - event.created_at.timestamp())
+                continue
+            if key in blocked:
+                continue  # a follower of the key's failed event: it waits, it is not at fault
+            blocked.add(key)
+            if outcome.retriable:
+                outage = outcome
+                unavailable[message.topic] += 1
+            else:
+                rejected.append((event.seq, f"{type(outcome).__name__}: {outcome}"))
+                rejected_topics[message.topic] += 1
+        lease = self._lease
+        if lease is None:
+            raise LeaseLostError("lease lost while publishing")
+        # Fenced: raises LeaseLostError, and marks nothing, if another relay took over.
+        self.store.complete(lease, config.lease_ttl, done, retain=config.retention > 0)
+        if done:
+            self._mark("broker", True)
+        for topic, delays in done_topics.items():
+            self.observer.published(topic, len(delays), delays)
+        for topic, count in unavailable.items():
+            self.observer.publish_failed(topic, "unavailable", count)
+        if rejected:
+            for topic, count in rejected_topics.items():
+                self.observer.publish_failed(topic, "rejected", count)
+            parked = self.store.record_rejections(
+                lease, config.lease_ttl, rejected, config.max_attempts
+            )
+            if parked:
+                logger.error(
+                    "parked %d event(s) the broker rejected %d times: %s",
+                    len(parked),
+                    config.max_attempts,
+                    rejected[0][1],
+                )
+                self.observer.parked(next(iter(rejected_topics)), len(parked))
+        self.observer.batch(len(batch.events), time.monotonic() - batch.started)
+        return len(done), outage
+
+    # -- health and logs ---------------------------------------------------------------------
+
+    def _mark(self, component: str, up: bool, detail: str = "") -> None:
+        if getattr(self.state, component) != up:
+            setattr(self.state, component, up)
+            if up and self.state.started:
+                logger.info("%s reachable again", component)
+            self.observer.state(component, up, detail)
+
+    def _on_failure(self, error: BaseException) -> None:
+        component = "broker" if isinstance(error, PublishError) else "database"
+        self._mark(component, False, self._describe(error))
+
+    def _describe(self, error: BaseException) -> str:
+        if isinstance(error, PublishError):
+            return f"waiting for the broker at {self.config.bootstrap_servers}: {error}"
+        return f"waiting for the database {self.config.masked_db_url}: {_first_line(error)}"
+
+
+def _first_line(error: BaseException) -> str:
+    orig = getattr(error, "orig", None)
+    text = str(orig if orig is not None else error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+__all__ = ["Relay", "RelayState", "default_publisher"]

@@ -1,0 +1,63 @@
+"""Retrying with backoff: the only module that uses tenacity.
+
+The relay never retries a single `send`: the producer retries sends itself. What is retried here
+is a whole relay step (read, publish, mark) after a transient failure of the database or the
+broker, with jittered exponential backoff, until it works or the relay is stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
+
+T = TypeVar("T")
+
+
+def retry_transient(
+    fn: Callable[[], T],
+    *,
+    is_transient: Callable[[BaseException], bool],
+    stop: threading.Event,
+    describe: Callable[[BaseException], str],
+    logger: logging.Logger,
+    initial: float = 0.1,
+    maximum: float = 10.0,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Call `fn` until it returns, retrying transient errors with jittered exponential backoff.
+
+    A non-transient error propagates at once. When `stop` is set, the last error propagates. Every wait is logged once with what the relay is waiting for.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if exc is None:
+            return
+        if on_retry is not None:
+            on_retry(exc)
+        wait = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number)
+
+    def sleep(seconds: float) -> None:
+        # Interruptible: a stop request ends the wait at once.
+        stop.wait(seconds)
+
+    retrying = Retrying(
+        retry=retry_if_exception(is_transient),
+        wait=wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+        stop=stop_when_event_set(stop),
+        sleep=sleep,
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    return retrying(fn)

@@ -1,0 +1,603 @@
+"""All SQL the relay and the operator tools run: reading pending events, marking them, parking,
+the lease that elects one active relay per table, status, requeue, purge and the wake-up.
+
+Every write that follows a publish is fenced: it runs in one transaction with an UPDATE of the
+lease row that matches only while this relay still holds the lease with the same epoch, by the
+database's clock. A relay that was paused past its lease therefore cannot mark anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
+
+from outbox.config import mask_url, parse_db_url
+from outbox.errors import ConfigurationError, LeaseLostError, TableMissingError
+from outbox.records import ParkedEvent, PendingEvent, Status
+from outbox.table import build_lease_table, build_outbox_table, notify_channel
+
+logger = logging.getLogger("outbox.store")
+
+LEASE_NAME = "relay"
+
+
+class db_epoch(FunctionElement[float]):  # noqa: N801 (a SQL function)
+    """Seconds since the epoch by the database's clock: leases never trust a relay's clock."""
+
+    type = sa.Double()
+    inherit_cache = True
+
+
+@compiles(db_epoch, "postgresql")
+def _pg_epoch(element: db_epoch, compiler: Any, **kw: Any) -> str:
+    # clock_timestamp(), not now(): now() is frozen at the start of the transaction.
+    return "extract(epoch from clock_timestamp())"
+
+
+@compiles(db_epoch, "mysql")
+@compiles(db_epoch, "mariadb")
+def _mysql_epoch(element: db_epoch, compiler: Any, **kw: Any) -> str:
+    return "unix_timestamp(sysdate(6))"
+
+
+@compiles(db_epoch, "sqlite")
+def _sqlite_epoch(element: db_epoch, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to publish, held until the database's clock passes its expiry."""
+
+    name: str
+    owner: str
+    epoch: int
+
+
+def create_relay_engine(db_url: str) -> sa.Engine:
+    """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
+    (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
+    `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
+    fails at once with SQLITE_BUSY instead of waiting)."""
+    url = parse_db_url(db_url)
+    backend = url.get_backend_name()
+    kwargs: dict[str, Any] = {"pool_size": 3, "max_overflow": 2, "pool_recycle": 1800}
+    if backend in ("mysql", "mariadb"):
+        kwargs["isolation_level"] = "READ COMMITTED"
+    if backend == "sqlite":
+        kwargs = {"connect_args": {"timeout": 30, "isolation_level": None}}
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except (exc.ArgumentError, ImportError) as e:
+        raise ConfigurationError(f"cannot use database URL {mask_url(url)}: {e}") from None
+    if backend == "sqlite":
+        _sqlite_setup(engine)
+    return engine
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: sa.Connection) -> None:
+        # The driver runs in autocommit mode (isolation_level=None); SQLAlchemy's documented
+        # recipe emits BEGIN itself. Writes take the write lock up front.
+        write = conn.get_execution_options().get("outbox_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def is_transient_db_error(error: BaseException) -> bool:
+    """True for connection loss, restarts and timeouts: worth retrying. False for a wrong
+    password, a missing database or table: retrying cannot help, the user must act."""
+    if not isinstance(error, exc.DBAPIError):
+        return False
+    if error.connection_invalidated:
+        return True
+    text = str(error.orig).lower() if error.orig is not None else str(error).lower()
+    fatal = (
+        "password authentication failed",
+        "access denied",
+        "does not exist",
+        "unknown database",
+        "no such table",
+        "doesn't exist",
+        "authentication",
+    )
+    if any(marker in text for marker in fatal):
+        return False
+    return isinstance(error, exc.OperationalError | exc.InterfaceError)
+
+
+class OutboxStore:
+    """The relay's view of one outbox table."""
+
+    def __init__(
+        self, engine: sa.Engine, table: str = "outbox", schema: str | None = None
+    ) -> None:
+        self.engine = engine
+        metadata = sa.MetaData()
+        self.table = build_outbox_table(metadata, table, schema)
+        self.lease_table = build_lease_table(metadata, table, schema)
+        self.channel = notify_channel(table, schema)
+        self.dialect = engine.dialect.name
+        t = self.table
+        self._columns = (
+            t.c.seq,
+            t.c.id,
+            t.c.aggregatetype,
+            t.c.aggregateid,
+            t.c.type,
+            t.c.payload,
+            t.c.topic,
+            t.c.key,
+            t.c.headers,
+            t.c.created_at,
+            t.c.attempts,
+        )
+        self._partition_key = sa.func.coalesce(t.c.key, t.c.aggregateid)
+        self._pending = sa.and_(t.c.published_at.is_(None), t.c.parked_at.is_(None))
+
+    @classmethod
+    def from_url(cls, db_url: str, table: str = "outbox", schema: str | None = None) -> OutboxStore:
+        return cls(create_relay_engine(db_url), table, schema)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def supports_notify(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @contextmanager
+    def _write(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(outbox_write=True)
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _read(self) -> Iterator[sa.Connection]:
+        with self.engine.connect() as conn:
+            yield conn
+            # Ends the read transaction at once, so no snapshot or lock outlives the read.
+            conn.rollback()
+
+    # -- checks ----------------------------------------------------------------------------
+
+    def check_table(self) -> None:
+        """Raise `TableMissingError` unless both outbox tables exist."""
+        inspector = sa.inspect(self.engine)
+        for table in (self.table, self.lease_table):
+            if not inspector.has_table(table.name, schema=table.schema):
+                where = f"{table.schema}.{table.name}" if table.schema else table.name
+                raise TableMissingError(
+                    f"table {where} does not exist: run `outbox migrate --db-url URL"
+                    + (f" --table {self.table.name}" if self.table.name != "outbox" else "")
+                    + (f" --schema {table.schema}" if table.schema else "")
+                    + "` or `alembic upgrade heads`"
+                )
+
+    def ping(self) -> bool:
+        try:
+            with self._read() as conn:
+                conn.execute(sa.select(1))
+            return True
+        except exc.DBAPIError:
+            return False
+
+    # -- the lease -------------------------------------------------------------------------
+
+    def try_acquire(self, owner: str, ttl: float, name: str = LEASE_NAME) -> Lease | None:
+        """Take the lease if it is free, expired or already ours; None if another relay holds it.
+
+        Taking it bumps the epoch, which fences out every earlier holder."""
+        lt = self.lease_table
+        take = (
+            sa.update(lt)
+            .where(
+                lt.c.name == name,
+                sa.or_(lt.c.owner.is_(None), lt.c.owner == owner, lt.c.expires_at <= db_epoch()),
+            )
+            .values(
+                owner=owner,
+                epoch=lt.c.epoch + 1,
+                expires_at=db_epoch() + ttl,
+                renewed_at=db_epoch(),
+            )
+        )
+        for _ in range(2):
+            with self._write() as conn:
+                if conn.execute(take).rowcount == 1:
+                    epoch = conn.execute(
+                        sa.select(lt.c.epoch).where(lt.c.name == name, lt.c.owner == owner)
+                    ).scalar_one()
+                    return Lease(name, owner, int(epoch))
+                exists = conn.execute(sa.select(lt.c.name).where(lt.c.name == name)).first()
+            if exists is not None:
+                return None
+            try:
+                with self._write() as conn:
+                    conn.execute(sa.insert(lt).values(name=name, owner=None, epoch=0, expires_at=0))
+            except exc.IntegrityError:
+                pass  # another relay created the row first
+        return None
+
+    def _fence(self, conn: sa.Connection, lease: Lease, ttl: float) -> None:
+        """Renew the lease inside `conn`'s transaction, or raise `LeaseLostError`.
+
+        The row lock taken here also serializes this transaction against a takeover."""
+        lt = self.lease_table
+        renewed = conn.execute(
+            sa.update(lt)
+            .where(
+                lt.c.name == lease.name,
+                lt.c.owner == lease.owner,
+                lt.c.epoch == lease.epoch,
+                lt.c.expires_at > db_epoch(),
+            )
+            .values(expires_at=db_epoch() + ttl, renewed_at=db_epoch())
+        ).rowcount
+        if renewed != 1:
+            raise LeaseLostError(f"lease {lease.name!r} epoch {lease.epoch} is no longer ours")
+
+    def renew(self, lease: Lease, ttl: float) -> None:
+        """Extend the lease; raise `LeaseLostError` if it was lost."""
+        with self._write() as conn:
+            self._fence(conn, lease, ttl)
+
+    def release(self, lease: Lease) -> None:
+        """Give the lease up at once so that a standby takes over without waiting for expiry."""
+        lt = self.lease_table
+        with self._write() as conn:
+            conn.execute(
+                sa.update(lt)
+                .where(lt.c.name == lease.name, lt.c.owner == lease.owner, lt.c.epoch == lease.epoch)
+                .values(owner=None, expires_at=0)
+            )
+
+    def lease_holder(self, name: str = LEASE_NAME) -> tuple[str | None, int, float] | None:
+        """(owner, epoch, seconds until expiry) of the lease, or None if never taken."""
+        lt = self.lease_table
+        with self._read() as conn:
+            row = conn.execute(
+                sa.select(lt.c.owner, lt.c.epoch, lt.c.expires_at - db_epoch()).where(
+                    lt.c.name == name
+                )
+            ).first()
+        if row is None:
+            return None
+        return row[0], int(row[1]), float(row[2])
+
+    # -- reading and marking ---------------------------------------------------------------
+
+    def parked_keys(self) -> frozenset[str]:
+        """Keys whose later events wait until their parked event is requeued or dropped."""
+        t = self.table
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(self._partition_key)
+                .where(t.c.parked_at.is_not(None), t.c.published_at.is_(None))
+                .distinct()
+            ).scalars()
+            return frozenset(rows)
+
+    def fetch_pending(
+        self, limit: int, after_seq: int | None = None, exclude_keys: frozenset[str] = frozenset()
+    ) -> list[PendingEvent]:
+        """Up to `limit` pending events in insert order, after `after_seq` if given.
+
+        No row locks: only the lease holder reads to publish. Rows that become visible late
+        (their transaction committed after later ones) are found by the next read from the start.
+        """
+        t = self.table
+        query = sa.select(*self._columns).where(self._pending).order_by(t.c.seq).limit(limit)
+        if after_seq is not None:
+            query = query.where(t.c.seq > after_seq)
+        if exclude_keys:
+            query = query.where(self._partition_key.not_in(sorted(exclude_keys)))
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            PendingEvent(
+                seq=r[0],
+                id=r[1],
+                aggregatetype=r[2],
+                aggregateid=r[3],
+                type=r[4],
+                payload=r[5],
+                topic=r[6],
+                key=r[7],
+                headers=r[8],
+                created_at=_utc(r[9]),
+                attempts=r[10],
+            )
+            for r in rows
+        ]
+
+    def complete(
+        self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False
+    ) -> None:
+        """Delete (or, when retaining, stamp) published events, fenced by the lease."""
+        if not seqs:
+            return
+        t = self.table
+        with self._write() as conn:
+            self._fence(conn, lease, ttl)
+            for chunk in _chunks(seqs, 1000):
+                if retain:
+                    conn.execute(
+                        sa.update(t).where(t.c.seq.in_(chunk)).values(published_at=_now())
+                    )
+                else:
+                    conn.execute(sa.delete(t).where(t.c.seq.in_(chunk)))
+
+    def record_rejections(
+        self,
+        lease: Lease,
+        ttl: float,
+        rejections: Sequence[tuple[int, str]],
+        max_attempts: int,
+        park_now: bool = False,
+    ) -> list[int]:
+        """Count a failed attempt for each (seq, error); park those out of attempts (or all, with
+        `park_now`, for rows that can never be sent). Returns the seqs parked."""
+        if not rejections:
+            return []
+        t = self.table
+        parked: list[int] = []
+        now = _now()
+        with self._write() as conn:
+            self._fence(conn, lease, ttl)
+            for seq, error in rejections:
+                attempts = conn.execute(
+                    sa.select(t.c.attempts).where(t.c.seq == seq)
+                ).scalar_one_or_none()
+                if attempts is None:
+                    continue
+                attempts += 1
+                park = park_now or attempts >= max_attempts
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.seq == seq)
+                    .values(
+                        attempts=attempts,
+                        last_error=error[:2000],
+                        parked_at=now if park else None,
+                    )
+                )
+                if park:
+                    parked.append(seq)
+        return parked
+
+    # -- operator tools --------------------------------------------------------------------
+
+    def status(self) -> Status:
+        t = self.table
+        with self._read() as conn:
+            pending, oldest = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(t.c.created_at)).where(self._pending)
+            ).one()
+            failed = conn.execute(
+                sa.select(sa.func.count()).where(
+                    t.c.parked_at.is_not(None), t.c.published_at.is_(None)
+                )
+            ).scalar_one()
+        age = None
+        if oldest is not None:
+            age = max(0.0, (datetime.now(UTC) - _utc(oldest)).total_seconds())
+        return Status(pending=int(pending), oldest_pending_age_seconds=age, failed=int(failed))
+
+    def list_parked(self, limit: int = 100) -> list[ParkedEvent]:
+        t = self.table
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(
+                    t.c.seq,
+                    t.c.id,
+                    t.c.type,
+                    t.c.aggregatetype,
+                    t.c.aggregateid,
+                    t.c.topic,
+                    t.c.key,
+                    t.c.attempts,
+                    t.c.last_error,
+                    t.c.created_at,
+                    t.c.parked_at,
+                )
+                .where(t.c.parked_at.is_not(None), t.c.published_at.is_(None))
+                .order_by(t.c.seq)
+                .limit(limit)
+            ).all()
+        return [
+            ParkedEvent(
+                seq=r[0],
+                id=r[1],
+                type=r[2],
+                aggregatetype=r[3],
+                aggregateid=r[4],
+                topic=r[5],
+                key=r[6],
+                attempts=r[7],
+                last_error=r[8],
+                created_at=_utc(r[9]),
+                parked_at=_utc(r[10]),
+            )
+            for r in rows
+        ]
+
+    def _parked_where(self, ids: Sequence[uuid.UUID] | None) -> sa.ColumnElement[bool]:
+        t = self.table
+        cond = sa.and_(t.c.parked_at.is_not(None), t.c.published_at.is_(None))
+        if ids is not None:
+            cond = sa.and_(cond, t.c.id.in_(list(ids)))
+        return cond
+
+    def requeue(self, ids: Sequence[uuid.UUID] | None = None) -> int:
+        """Put parked events (all when `ids` is None) back in line, in their original place."""
+        t = self.table
+        with self._write() as conn:
+            return conn.execute(
+                sa.update(t)
+                .where(self._parked_where(ids))
+                .values(parked_at=None, attempts=0, last_error=None)
+            ).rowcount
+
+    def drop(self, ids: Sequence[uuid.UUID] | None = None) -> int:
+        """Delete parked events (all when `ids` is None): they will never be published."""
+        with self._write() as conn:
+            return conn.execute(sa.delete(self.table).where(self._parked_where(ids))).rowcount
+
+    def purge(self, older_than: float, batch_size: int = 1000) -> int:
+        """Delete retained published events older than `older_than` seconds, in short batches
+        so that no long lock is held on a busy table."""
+        t = self.table
+        cutoff = datetime.fromtimestamp(time.time() - older_than, UTC)
+        total = 0
+        while True:
+            with self._write() as conn:
+                seqs = conn.execute(
+                    sa.select(t.c.seq)
+                    .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
+                    .order_by(t.c.seq)
+                    .limit(batch_size)
+                ).scalars().all()
+                if seqs:
+                    conn.execute(sa.delete(t).where(t.c.seq.in_(seqs)))
+            total += len(seqs)
+            if len(seqs) < batch_size:
+                return total
+
+    # -- wake-up ---------------------------------------------------------------------------
+
+    def waker(self) -> Waker:
+        """A wake-up on commit where the database offers one (PostgreSQL LISTEN), else a timer."""
+        if self.supports_notify:
+            return PostgresWaker(self.engine, self.channel)
+        return Waker()
+
+
+class Waker:
+    """Waits for new events. This one simply sleeps: polling is the fallback everywhere."""
+
+    def __init__(self) -> None:
+        self._interrupt = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        """Block up to `timeout` seconds; True when woken early."""
+        woken = self._interrupt.wait(timeout)
+        self._interrupt.clear()
+        return woken
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
+
+    def close(self) -> None:
+        self.interrupt()
+
+
+class PostgresWaker(Waker):
+    """LISTEN on the table's channel: the application's transaction NOTIFYs at commit.
+
+    A notification is only a hint (no replay; lost while disconnected), so the relay still
+    polls; a broken listening connection is reopened on the next wait.
+    """
+
+    def __init__(self, engine: sa.Engine, channel: str) -> None:
+        super().__init__()
+        self._engine = engine
+        self._channel = channel
+        self._conn: Any = None
+
+    def _listen(self) -> Any:
+        if self._conn is None:
+            raw = self._engine.raw_connection()
+            driver: Any = raw.driver_connection
+            try:
+                driver.autocommit = True
+                cursor = driver.cursor()
+                cursor.execute(f'LISTEN "{self._channel}"')
+                cursor.close()
+            except Exception:
+                raw.invalidate()
+                raise
+            self._raw = raw
+            self._conn = driver
+        return self._conn
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        try:
+            conn = self._listen()
+        except Exception:
+            return super().wait(timeout)
+        try:
+            while True:
+                if self._drain(conn):
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._interrupt.is_set():
+                    self._interrupt.clear()
+                    return False
+                # Wake at the latest every 50 ms to notice a stop request.
+                select.select([conn.fileno()], [], [], min(remaining, 0.05))
+        except Exception as error:
+            logger.debug("LISTEN connection lost (%s); polling until it is reopened", error)
+            self._close_conn()
+            return False
+
+    @staticmethod
+    def _drain(conn: Any) -> bool:
+        """Consume pending notifications without blocking (psycopg 3 or psycopg2)."""
+        if hasattr(conn, "poll"):  # psycopg2
+            conn.poll()
+            got = bool(conn.notifies)
+            conn.notifies.clear()
+            return got
+        got = False
+        for _ in conn.notifies(timeout=0):
+            got = True
+        return got
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            try:
+                self._raw.invalidate()
+            except Exception:  # noqa: S110 (already broken)
+                pass
+            self._conn = None
+
+    def close(self) -> None:
+        super().close()
+        self._close_conn()
+
+
+def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _utc(value: datetime) -> datetime:
+    """Drivers without time zone support (SQLite, MySQL) return naive UTC datetimes."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
