@@ -1,0 +1,64 @@
+"""Plain values read from the outbox table by the relay and the operator tools."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An outbox row waiting to be published."""
+
+    seq: int
+    id: uuid.UUID
+    aggregatetype: str
+    aggregateid: str
+    type: str
+    payload: bytes | None
+    topic: str | None
+    key: str | None
+    #: The stored JSON object (text values), or None. Garbage here is parked by the relay.
+    headers: Any
+    created_at: datetime
+    attempts: int
+
+    @property
+    def partition_key(self) -> str:
+        """The key that orders events: the explicit key, else the aggregate id."""
+        return self.key if self.key is not None else self.aggregateid
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedEvent:
+    """An event set aside after the broker rejected it for good."""
+
+    seq: int
+    id: uuid.UUID
+    type: str
+    aggregatetype: str
+    aggregateid: str
+    topic: str | None
+    key: str | None
+    attempts: int
+    last_error: str | None
+    created_at: datetime
+    parked_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What `outbox status` prints."""
+
+    pending: int
+    oldest_pending_age_seconds: float | None
+    failed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pending": self.pending,
+            "oldest_pending_age_seconds": self.oldest_pending_age_seconds,
+            "failed": self.failed,
+        }
