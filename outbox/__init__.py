@@ -1,1 +1,48 @@
-"""sqlalchemy-outbox."""
+"""sqlalchemy-outbox: a transactional outbox for SQLAlchemy, relayed to Kafka.
+
+Write side: `Outbox` records events in the application's own transaction. Relay:
+`outbox.relay.Relay` (or the `outbox relay` command) publishes them through a `Publisher`.
+"""
+
+from outbox.app import CaptureBypassedWarning, Outbox, fix_sqlite_transactions
+from outbox.config import RelayConfig
+from outbox.entity import EventSource
+from outbox.errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    EventRejectedError,
+    LeaseLostError,
+    NotInstalledError,
+    OutboxError,
+    PayloadError,
+    PublishError,
+    TableMissingError,
+)
+from outbox.event import Event
+from outbox.publisher import Delivery, InMemoryPublisher, Message, Publisher
+from outbox.records import ParkedEvent, PendingEvent, Status
+
+__all__ = [
+    "BrokerUnavailableError",
+    "CaptureBypassedWarning",
+    "ConfigurationError",
+    "Delivery",
+    "Event",
+    "EventRejectedError",
+    "EventSource",
+    "InMemoryPublisher",
+    "LeaseLostError",
+    "Message",
+    "NotInstalledError",
+    "Outbox",
+    "OutboxError",
+    "ParkedEvent",
+    "PayloadError",
+    "PendingEvent",
+    "PublishError",
+    "Publisher",
+    "RelayConfig",
+    "Status",
+    "TableMissingError",
+    "fix_sqlite_transactions",
+]

@@ -113,9 +113,7 @@ class RelayConfig:
         return replace(self, **changes)
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> RelayConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelayConfig:
         """Build from ``OUTBOX_*`` variables; keyword arguments that are not None win."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}

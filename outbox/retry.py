@@ -36,7 +36,8 @@ def retry_transient(
 ) -> T:
     """Call `fn` until it returns, retrying transient errors with jittered exponential backoff.
 
-    A non-transient error propagates at once. When `stop` is set, the last error propagates. Every wait is logged once with what the relay is waiting for.
+    A non-transient error propagates at once; when `stop` is set, the last error propagates.
+    Every wait is logged with what the relay is waiting for.
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -46,7 +47,9 @@ def retry_transient(
         if on_retry is not None:
             on_retry(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning("%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number)
+        logger.warning(
+            "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
+        )
 
     def sleep(seconds: float) -> None:
         # Interruptible: a stop request ends the wait at once.
@@ -54,7 +57,7 @@ def retry_transient(
 
     retrying = Retrying(
         retry=retry_if_exception(is_transient),
-        wait=wait_exponential_jitter(initial=initial, max=maximum, jitter=initial),
+        wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
         stop=stop_when_event_set(stop),
         sleep=sleep,
         before_sleep=before_sleep,

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,7 +34,7 @@ logger = logging.getLogger("outbox.store")
 LEASE_NAME = "relay"
 
 
-class db_epoch(FunctionElement[float]):  # noqa: N801 (a SQL function)
+class db_epoch(FunctionElement[float]):
     """Seconds since the epoch by the database's clock: leases never trust a relay's clock."""
 
     type = sa.Double()
@@ -129,9 +129,7 @@ def is_transient_db_error(error: BaseException) -> bool:
 class OutboxStore:
     """The relay's view of one outbox table."""
 
-    def __init__(
-        self, engine: sa.Engine, table: str = "outbox", schema: str | None = None
-    ) -> None:
+    def __init__(self, engine: sa.Engine, table: str = "outbox", schema: str | None = None) -> None:
         self.engine = engine
         metadata = sa.MetaData()
         self.table = build_outbox_table(metadata, table, schema)
@@ -269,7 +267,9 @@ class OutboxStore:
         with self._write() as conn:
             conn.execute(
                 sa.update(lt)
-                .where(lt.c.name == lease.name, lt.c.owner == lease.owner, lt.c.epoch == lease.epoch)
+                .where(
+                    lt.c.name == lease.name, lt.c.owner == lease.owner, lt.c.epoch == lease.epoch
+                )
                 .values(owner=None, expires_at=0)
             )
 
@@ -332,9 +332,7 @@ class OutboxStore:
             for r in rows
         ]
 
-    def complete(
-        self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False
-    ) -> None:
+    def complete(self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
         if not seqs:
             return
@@ -343,9 +341,7 @@ class OutboxStore:
             self._fence(conn, lease, ttl)
             for chunk in _chunks(seqs, 1000):
                 if retain:
-                    conn.execute(
-                        sa.update(t).where(t.c.seq.in_(chunk)).values(published_at=_now())
-                    )
+                    conn.execute(sa.update(t).where(t.c.seq.in_(chunk)).values(published_at=_now()))
                 else:
                     conn.execute(sa.delete(t).where(t.c.seq.in_(chunk)))
 
@@ -473,12 +469,16 @@ class OutboxStore:
         total = 0
         while True:
             with self._write() as conn:
-                seqs = conn.execute(
-                    sa.select(t.c.seq)
-                    .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
-                    .order_by(t.c.seq)
-                    .limit(batch_size)
-                ).scalars().all()
+                seqs = (
+                    conn.execute(
+                        sa.select(t.c.seq)
+                        .where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
+                        .order_by(t.c.seq)
+                        .limit(batch_size)
+                    )
+                    .scalars()
+                    .all()
+                )
                 if seqs:
                     conn.execute(sa.delete(t).where(t.c.seq.in_(seqs)))
             total += len(seqs)
@@ -578,10 +578,8 @@ class PostgresWaker(Waker):
 
     def _close_conn(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(Exception):  # already broken
                 self._raw.invalidate()
-            except Exception:  # noqa: S110 (already broken)
-                pass
             self._conn = None
 
     def close(self) -> None:

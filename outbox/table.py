@@ -14,10 +14,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
 from outbox._names import check_identifier
+from outbox.errors import ConfigurationError
 
 # Kafka topic names are at most 249 characters.
 TOPIC_LENGTH = 249
 NAME_LENGTH = 255
+MAX_TABLE_NAME = 50
 
 PAYLOAD_TYPE = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 # SQLite only auto-increments an INTEGER PRIMARY KEY.
@@ -33,6 +35,11 @@ def lease_table_name(table_name: str) -> str:
 def build_outbox_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
     """Define the outbox table on `metadata`."""
     check_identifier(table_name, "table name")
+    if len(table_name) > MAX_TABLE_NAME:
+        # Index names add up to 11 characters; PostgreSQL truncates past 63, MariaDB refuses.
+        raise ConfigurationError(
+            f"table name {table_name!r} is longer than {MAX_TABLE_NAME} characters"
+        )
     if schema is not None:
         check_identifier(schema, "schema name")
     t = table_name

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-PG_BASE = os.environ.get("OUTBOX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+PG_BASE = os.environ.get(
+    "OUTBOX_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 MYSQL_BASE = os.environ.get("OUTBOX_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
@@ -109,8 +111,13 @@ def consume(
                 for r in records:
                     out.append(
                         Received(
-                            tp.topic, tp.partition, r.offset, r.key, r.value,
-                            dict(r.headers or []), r.timestamp,
+                            tp.topic,
+                            tp.partition,
+                            r.offset,
+                            r.key,
+                            r.value,
+                            dict(r.headers or []),
+                            r.timestamp,
                         )
                     )
             if len(out) >= expected:
@@ -170,3 +177,13 @@ def count_rows(url: str, table: sa.Table) -> int:
             return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
     finally:
         engine.dispose()
+
+
+def write_engine(url: str) -> sa.Engine:
+    """An engine for the write-side tests; SQLite gets the documented savepoint fix."""
+    from outbox.app import fix_sqlite_transactions
+
+    engine = sa.create_engine(url)
+    if engine.dialect.name == "sqlite":
+        fix_sqlite_transactions(engine)
+    return engine

@@ -207,9 +207,7 @@ def test_garbage_row_is_parked_with_a_message_and_the_relay_goes_on(
     assert relay.store.status().pending == 1
 
 
-def test_only_the_lease_holder_publishes(
-    db_url: str, table: sa.Table, relays: list[Relay]
-) -> None:
+def test_only_the_lease_holder_publishes(db_url: str, table: sa.Table, relays: list[Relay]) -> None:
     insert_rows(db_url, table, events(10))
     first, second = InMemoryPublisher(), InMemoryPublisher()
     active = make_relay(relays, db_url, first)

@@ -1,0 +1,197 @@
+"""Logging for the CLI: text or JSON lines on stderr, database passwords masked, and an observer
+that logs the relay's state changes (never one line per event).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, Literal, TextIO
+
+from sqlalchemy.engine import URL
+
+from outbox.config import mask_url
+from outbox.errors import ConfigurationError
+from outbox.observer import RelayObserver
+
+LogFormat = Literal["text", "json"]
+
+# `scheme://user:password@` in free text. The password runs to the last '@' before a '/' or
+# a blank, so a raw '@' inside it is masked too (over-masking beats leaking).
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)[^\s/]*@")
+MASK = "***"
+
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+_HANDLER_MARK = "_outbox_handler"
+
+
+def mask_text(text: str) -> str:
+    """`text` with the password of every ``scheme://user:password@host`` replaced by ***."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
+
+
+def _mask_value(value: Any) -> Any:
+    if isinstance(value, URL):
+        return mask_url(value)
+    if isinstance(value, str):
+        return mask_text(value)
+    return value
+
+
+class MaskPasswordsFilter(logging.Filter):
+    """Hides database passwords in messages, arguments, `extra=` fields and tracebacks.
+
+    Attach it to a handler so that it sees the records of every logger (kafka-python's and
+    SQLAlchemy's too); it never drops a record.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, URL) for a in record.args):
+            record.args = tuple(mask_url(a) if isinstance(a, URL) else a for a in record.args)
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A broken format string: leave it to logging's own error report.
+            return True
+        masked = mask_text(message)
+        if record.args or masked != message:
+            record.msg, record.args = masked, None
+        for name, extra in list(record.__dict__.items()):
+            if name not in _STANDARD_ATTRS:
+                record.__dict__[name] = _mask_value(extra)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = mask_text(record.exc_text)
+        return True
+
+
+def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The fields a caller passed with ``extra=``."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
+
+
+def _utc_timestamp(created: float) -> str:
+    seconds = time.gmtime(created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", seconds) + f".{int(created % 1 * 1000):03d}Z"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, the `extra=` fields, exc_info."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": _utc_timestamp(record.created),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in extra_fields(record).items():
+            entry.setdefault(name, value)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["exc_info"] = record.exc_text
+        if record.stack_info:
+            entry["stack_info"] = self.formatStack(record.stack_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``2024-05-06 07:08:09,123 WARNING outbox.relay: message key=value ...``"""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = extra_fields(record)
+        if not extras:
+            return line
+        first, newline, rest = line.partition("\n")
+        pairs = " ".join(f"{k}={v}" for k, v in extras.items())
+        return f"{first} {pairs}{newline}{rest}"
+
+
+def configure_logging(
+    format: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None
+) -> logging.Handler:
+    """Send every log record to stderr (or `stream`) as text or JSON lines, passwords masked.
+
+    Calling it again replaces the handler it installed before. Returns that handler.
+    """
+    if format not in ("text", "json"):
+        raise ConfigurationError(f"unknown log format {format!r}: text or json")
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ConfigurationError(
+            f"unknown log level {level!r}: DEBUG, INFO, WARNING, ERROR or CRITICAL"
+        )
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    handler.addFilter(MaskPasswordsFilter())
+    setattr(handler, _HANDLER_MARK, True)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+        old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    # kafka-python logs every connection at INFO; keep its warnings, drop the chatter.
+    logging.getLogger("kafka").setLevel(max(numeric, logging.WARNING))
+    return handler
+
+
+class LoggingObserver(RelayObserver):
+    """Logs one line per change of state: lease, database/broker reachability, parked events.
+
+    Repeated reports of the same state log nothing, so an outage gives one line when it starts
+    and one when it ends, however many batches fail in between.
+    """
+
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger if logger is not None else logging.getLogger("outbox.relay")
+        self._lease: bool | None = None
+        self._up: dict[str, bool] = {}
+
+    def lease(self, held: bool) -> None:
+        if held == self._lease:
+            return
+        first = self._lease is None
+        self._lease = held
+        if held:
+            self.log.info("lease acquired: this relay is now active", extra={"lease": "active"})
+        elif first:
+            self.log.info("another relay holds the lease: standing by", extra={"lease": "standby"})
+        else:
+            self.log.warning("lease lost: standing by", extra={"lease": "standby"})
+
+    def state(self, component: str, up: bool, detail: str = "") -> None:
+        before = self._up.get(component)
+        if before == up:
+            return
+        self._up[component] = up
+        fields: Mapping[str, Any] = {"component": component, "up": up}
+        if up:
+            verb = "reachable" if before is None else "reachable again"
+            self.log.info("%s %s", component, verb, extra=fields)
+        else:
+            self.log.warning(
+                "%s unreachable%s", component, f": {detail}" if detail else "", extra=fields
+            )
+
+    def parked(self, topic: str, count: int) -> None:
+        self.log.warning(
+            "parked %d event%s for topic %s after a permanent rejection (see `outbox parked`)",
+            count,
+            "" if count == 1 else "s",
+            topic,
+            extra={"topic": topic, "count": count},
+        )
