@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -187,3 +192,57 @@ def write_engine(url: str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         fix_sqlite_transactions(engine)
     return engine
+
+
+#: The console script of the environment running the tests.
+OUTBOX = str(Path(sys.executable).with_name("outbox"))
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: no OUTBOX_* settings leak in from the caller."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    env.update(extra)
+    return env
+
+
+class RelayProcess:
+    """`outbox relay` in the background, its stderr collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [OUTBOX, "relay", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True, env=clean_env(),
+        )  # fmt: skip
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            assert self.process.poll() is None, f"relay exited early:\n{self.log}"
+            assert time.monotonic() < deadline, f"no {text!r} in the relay's log:\n{self.log}"
+            time.sleep(0.1)
+
+    def terminate(self, timeout: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(5)
+        if self.process.stderr is not None:
+            self.process.stderr.close()

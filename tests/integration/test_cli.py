@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,7 +18,10 @@ import sqlalchemy as sa
 from outbox.embedded_broker import free_port, start_broker
 from tests.support import (
     MYSQL_BASE,
+    OUTBOX,
     PG_BASE,
+    RelayProcess,
+    clean_env,
     consume,
     count_rows,
     create_outbox_tables,
@@ -32,7 +30,6 @@ from tests.support import (
 
 pytestmark = pytest.mark.integration
 
-OUTBOX = str(Path(sys.executable).with_name("outbox"))
 SECRET = "s3cr3t-Pa55"
 
 
@@ -41,13 +38,8 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [OUTBOX, *args], capture_output=True, text=True, input=input, timeout=timeout,
-        env=_env(),
+        env=clean_env(),
     )  # fmt: skip
-
-
-def _env() -> dict[str, str]:
-    # Only what the test passes: no OUTBOX_* settings leak in from the caller's shell.
-    return {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
@@ -202,49 +194,6 @@ def test_purge_deletes_only_old_published_events(mariadb_url: str) -> None:
 
 
 # -- the relay process ----------------------------------------------------------------------------
-
-
-class RelayProcess:
-    """`outbox relay` in the background, its stderr collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [OUTBOX, "relay", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=_env(),
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            assert self.process.poll() is None, f"relay exited early:\n{self.log}"
-            assert time.monotonic() < deadline, f"no {text!r} in the relay's log:\n{self.log}"
-            time.sleep(0.1)
-
-    def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
 
 
 @pytest.fixture
