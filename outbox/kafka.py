@@ -341,8 +341,15 @@ class KafkaPublisher:
         futures: list[Any] = []
         append = futures.append
         errors: dict[int, PublishError] = {}
+        # (topic, key) lines whose message failed inside send(): their later messages are not
+        # sent (the Publisher contract), so no event overtakes a failed one of its key.
+        failed: dict[tuple[str, bytes | None], PublishError] = {}
         # Everything is handed to the producer before any future is waited on.
         for message in messages:
+            if failed and (message.topic, message.key) in failed:
+                errors[len(futures)] = failed[(message.topic, message.key)]
+                append(None)
+                continue
             headers = message.headers
             try:
                 append(
@@ -356,7 +363,8 @@ class KafkaPublisher:
                     )
                 )
             except Exception as exc:
-                errors[len(futures)] = self._failed_sync(exc)
+                error = errors[len(futures)] = self._failed_sync(exc)
+                failed[(message.topic, message.key)] = error
                 append(None)
         return KafkaDelivery(futures, errors, self)
 
