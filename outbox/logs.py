@@ -161,13 +161,15 @@ class LoggingObserver(RelayObserver):
         self._lease: bool | None = None
         self._up: dict[str, bool] = {}
 
-    def lease(self, held: bool) -> None:
+    def lease(self, held: bool, released: bool = False) -> None:
         if held == self._lease:
             return
         first = self._lease is None
         self._lease = held
         if held:
             self.log.info("lease acquired: this relay is now active", extra={"lease": "active"})
+        elif released:
+            self.log.info("lease released", extra={"lease": "released"})
         elif first:
             self.log.info("another relay holds the lease: standing by", extra={"lease": "standby"})
         else:
@@ -187,11 +189,12 @@ class LoggingObserver(RelayObserver):
                 "%s unreachable%s", component, f": {detail}" if detail else "", extra=fields
             )
 
-    def parked(self, topic: str, count: int) -> None:
+    def parked(self, topic: str, count: int, reason: str = "") -> None:
         self.log.warning(
-            "parked %d event%s for topic %s after a permanent rejection (see `outbox parked`)",
+            "parked %d event%s for topic %s after a permanent rejection (see `outbox parked`)%s",
             count,
             "" if count == 1 else "s",
             topic,
+            f": {reason}" if reason else "",
             extra={"topic": topic, "count": count},
         )

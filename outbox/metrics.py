@@ -111,7 +111,7 @@ class PrometheusObserver(RelayObserver):
     def publish_failed(self, topic: str, kind: str, count: int) -> None:
         self.errors_total.labels(topic, kind).inc(count)
 
-    def parked(self, topic: str, count: int) -> None:
+    def parked(self, topic: str, count: int, reason: str = "") -> None:
         self.parked_total.labels(topic).inc(count)
 
     def batch(self, size: int, seconds: float) -> None:
@@ -122,7 +122,7 @@ class PrometheusObserver(RelayObserver):
         self.pending.set(pending)
         self.oldest_age.set(0.0 if oldest_age_seconds is None else max(oldest_age_seconds, 0.0))
 
-    def lease(self, held: bool) -> None:
+    def lease(self, held: bool, released: bool = False) -> None:
         self.lease_held.set(1 if held else 0)
 
     def state(self, component: str, up: bool, detail: str = "") -> None:

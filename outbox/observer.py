@@ -16,8 +16,8 @@ class RelayObserver:
     def publish_failed(self, topic: str, kind: str, count: int) -> None:
         """`count` sends failed; kind is "unavailable" (outage) or "rejected" (this event)."""
 
-    def parked(self, topic: str, count: int) -> None:
-        """`count` events were parked after a permanent rejection."""
+    def parked(self, topic: str, count: int, reason: str = "") -> None:
+        """`count` events were parked after a permanent rejection; `reason` names the first."""
 
     def batch(self, size: int, seconds: float) -> None:
         """A batch of `size` events was read, sent and marked in `seconds`."""
@@ -25,8 +25,9 @@ class RelayObserver:
     def backlog(self, pending: int, oldest_age_seconds: float | None) -> None:
         """The pending backlog, sampled now and then (not on every batch)."""
 
-    def lease(self, held: bool) -> None:
-        """This relay became (True) or stopped being (False) the active relay."""
+    def lease(self, held: bool, released: bool = False) -> None:
+        """This relay became (True) or stopped being (False) the active relay; `released` when
+        it gave the lease up itself (a clean stop) rather than losing it."""
 
     def state(self, component: str, up: bool, detail: str = "") -> None:
         """A dependency ("database" or "broker") became reachable or unreachable."""
@@ -46,9 +47,9 @@ class CompositeObserver(RelayObserver):
         for o in self._observers:
             o.publish_failed(topic, kind, count)
 
-    def parked(self, topic: str, count: int) -> None:
+    def parked(self, topic: str, count: int, reason: str = "") -> None:
         for o in self._observers:
-            o.parked(topic, count)
+            o.parked(topic, count, reason)
 
     def batch(self, size: int, seconds: float) -> None:
         for o in self._observers:
@@ -58,9 +59,9 @@ class CompositeObserver(RelayObserver):
         for o in self._observers:
             o.backlog(pending, oldest_age_seconds)
 
-    def lease(self, held: bool) -> None:
+    def lease(self, held: bool, released: bool = False) -> None:
         for o in self._observers:
-            o.lease(held)
+            o.lease(held, released)
 
     def state(self, component: str, up: bool, detail: str = "") -> None:
         for o in self._observers:

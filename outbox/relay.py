@@ -192,10 +192,11 @@ class Relay:
         if self._lease is not None:
             try:
                 self.store.release(self._lease)
-                logger.info("released the lease (epoch %d)", self._lease.epoch)
+                released = True
             except Exception as error:
                 logger.warning("could not release the lease: %s", _first_line(error))
-            self._set_lease(None)
+                released = False
+            self._set_lease(None, released=released)
         if self._publisher is not None:
             try:
                 self._publisher.close(self.config.shutdown_timeout)
@@ -248,14 +249,16 @@ class Relay:
                 self._set_deadlines(now)
                 return True
             except LeaseLostError:
-                logger.warning("lost the lease (epoch %d): now standby", self._lease.epoch)
+                # Logged once by the observer (LoggingObserver); the epoch is debug detail.
+                logger.debug("lost the lease (epoch %d): now standby", self._lease.epoch)
                 self._set_lease(None)
         lease = self.store.try_acquire(self.owner, ttl)
         if lease is None:
             return False
         self._set_deadlines(now)
         self._set_lease(lease)
-        logger.info("acquired the lease (epoch %d): now the active relay", lease.epoch)
+        # Logged once by the observer (LoggingObserver); the epoch is debug detail.
+        logger.debug("acquired the lease (epoch %d): now the active relay", lease.epoch)
         return True
 
     def _set_deadlines(self, started: float) -> None:
@@ -265,12 +268,12 @@ class Relay:
         # clock drift: past it this relay must not send without renewing first.
         self._deadline = started + ttl * 0.8
 
-    def _set_lease(self, lease: Lease | None) -> None:
+    def _set_lease(self, lease: Lease | None, released: bool = False) -> None:
         changed = (lease is None) != (self._lease is None)
         self._lease = lease
         self.state.lease = lease is not None
         if changed:
-            self.observer.lease(lease is not None)
+            self.observer.lease(lease is not None, released=released)
 
     def _ensure_fresh_lease(self) -> Lease:
         """Renew before sending when due; raise LeaseLostError if the lease is gone."""
@@ -385,7 +388,6 @@ class Relay:
                 garbage.append((event.seq, f"cannot encode event {event.id}: {error}"))
                 if self.config.hold_parked_keys:
                     blocked.add(key)
-                logger.error("parking event %s (seq %d): %s", event.id, event.seq, error)
                 continue
             sendable.append(event)
             messages.append(message)
@@ -394,7 +396,7 @@ class Relay:
             self.store.record_rejections(
                 self._lease, self.config.lease_ttl, garbage, 1, park_now=True
             )
-            self.observer.parked("<unencodable>", len(garbage))
+            self.observer.parked("<unencodable>", len(garbage), garbage[0][1])
         return sendable, messages
 
     def _settle(self, batch: _InFlight, blocked: set[str]) -> tuple[int, PublishError | None]:
@@ -444,13 +446,8 @@ class Relay:
                 lease, config.lease_ttl, rejected, config.max_attempts
             )
             if parked:
-                logger.error(
-                    "parked %d event(s) the broker rejected %d times: %s",
-                    len(parked),
-                    config.max_attempts,
-                    rejected[0][1],
-                )
-                self.observer.parked(next(iter(rejected_topics)), len(parked))
+                reason = f"rejected {config.max_attempts} times: {rejected[0][1]}"
+                self.observer.parked(next(iter(rejected_topics)), len(parked), reason)
         self.observer.batch(len(batch.events), time.monotonic() - batch.started)
         return len(done), outage
 

@@ -183,7 +183,7 @@ def test_observer_logs_lease_changes(caplog: pytest.LogCaptureFixture) -> None:
 def test_observer_logs_one_line_per_parking(caplog: pytest.LogCaptureFixture) -> None:
     observer = observed(caplog)
     observer.parked("orders", 3)
-    observer.parked("users", 1)
+    observer.parked("users", 1, "MessageSizeTooLargeError: too big")
     assert messages(caplog) == [
         (
             "WARNING",
@@ -191,6 +191,7 @@ def test_observer_logs_one_line_per_parking(caplog: pytest.LogCaptureFixture) ->
         ),
         (
             "WARNING",
-            "parked 1 event for topic users after a permanent rejection (see `outbox parked`)",
+            "parked 1 event for topic users after a permanent rejection (see `outbox parked`)"
+            ": MessageSizeTooLargeError: too big",
         ),
     ]
