@@ -29,7 +29,15 @@ from rich.table import Table
 from bench.common import SCENARIOS, Context, as_json
 
 #: Modules whose import registers scenarios, in run order. Add yours here.
-SCENARIO_MODULES: tuple[str, ...] = ("bench.producer",)
+SCENARIO_MODULES: tuple[str, ...] = (
+    "bench.producer",
+    # Latency first: the embedded broker keeps every record in memory and slows down as the
+    # drains fill it.
+    "bench.latency",
+    "bench.write_path",
+    "bench.drain",
+    "bench.growth",
+)
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -760,7 +760,16 @@ class Outbox:
                 budget += sizes[end]
                 end += 1
             try:
-                connection.execute(self.table.insert().values(rows[start:end]))
+                if end - start == 1:
+                    # One row (the common case) as parameters of a plain INSERT, whose compiled
+                    # form SQLAlchemy caches; a multi-row VALUES clause is compiled every time.
+                    # A NULL headers column is left out: a JSON parameter None would store 'null'.
+                    row = rows[start]
+                    if row["headers"] is sa.null():
+                        row = {name: value for name, value in row.items() if name != "headers"}
+                    connection.execute(self.table.insert(), row)
+                else:
+                    connection.execute(self.table.insert().values(rows[start:end]))
             except DBAPIError as exc:
                 if _is_missing_table(exc):
                     raise TableMissingError(self._missing_message()) from exc

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import DBAPIError
 
-from outbox.config import ENVELOPES, RelayConfig, parse_scalar
+from outbox.config import ENVELOPES, RelayConfig
 from outbox.errors import ConfigurationError, OutboxError
 
 if TYPE_CHECKING:
@@ -70,7 +70,8 @@ def _duration_option(ctx: click.Context, param: click.Parameter, value: str | No
 def _producer_settings(
     ctx: click.Context, param: click.Parameter, values: Sequence[str]
 ) -> dict[str, Any]:
-    """``-X NAME=VALUE`` pairs as kafka-python keyword arguments, values parsed as scalars."""
+    """``-X NAME=VALUE`` pairs as kafka-python keyword arguments. Values stay text: the Kafka
+    publisher converts them by each setting's type (a password "00123" stays "00123")."""
     settings: dict[str, Any] = {}
     for value in values:
         name, sep, raw = value.partition("=")
@@ -80,7 +81,7 @@ def _producer_settings(
             raise click.BadParameter(
                 f"{value!r} is not NAME=VALUE (e.g. compression_type=gzip)", ctx, param
             )
-        settings[name] = parse_scalar(raw)
+        settings[name] = raw
     return settings
 
 

@@ -2,7 +2,8 @@
 
 Every field can come from the environment with the prefix ``OUTBOX_`` (``OUTBOX_DB_URL``,
 ``OUTBOX_BOOTSTRAP_SERVERS``, ``OUTBOX_BATCH_SIZE`` ...). Producer settings pass through
-unchanged as ``OUTBOX_PRODUCER_<SETTING>`` (for example ``OUTBOX_PRODUCER_SASL_MECHANISM``).
+unchanged as ``OUTBOX_PRODUCER_<SETTING>`` (text; the Kafka publisher converts numbers and
+booleans by the setting's type) (for example ``OUTBOX_PRODUCER_SASL_MECHANISM``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,9 @@ class RelayConfig:
             if raw is not None and raw != "":
                 values[f.name] = _convert(f.name, raw)
         producer = {
-            name[len(PRODUCER_ENV_PREFIX) :].lower(): parse_scalar(raw)
+            # Kept as text: the Kafka publisher converts by each setting's own type, so that a
+            # password such as "00123" reaches kafka-python unchanged.
+            name[len(PRODUCER_ENV_PREFIX) :].lower(): raw
             for name, raw in env.items()
             if name.startswith(PRODUCER_ENV_PREFIX)
         }
@@ -156,21 +159,6 @@ def _convert(name: str, raw: str) -> Any:
         if lowered in ("0", "false", "no", "off"):
             return False
         raise ConfigurationError(f"{ENV_PREFIX}{name.upper()}={raw!r} is not a boolean")
-    return raw
-
-
-def parse_scalar(raw: str) -> Any:
-    """Producer settings from text: integers, floats, booleans and None become Python values."""
-    lowered = raw.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
     return raw
 
 

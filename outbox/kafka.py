@@ -29,6 +29,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
     import kafka.errors as kafka_errors
     from kafka import KafkaProducer
+    from kafka.partitioner import DefaultPartitioner, Partitioner
+    from kafka.partitioner.default import murmur2
 
 log = logging.getLogger("outbox.kafka")
 
@@ -47,9 +49,12 @@ DEFAULT_PRODUCER_SETTINGS: Mapping[str, Any] = {
     "max_block_ms": 5000,
     # One produce request waits at most this long for the broker's answer before a retry.
     "request_timeout_ms": 10000,
-    # Upper bound on retries of one record (library default: 2 minutes). After it, the record
-    # fails as retriable and the relay retries the row on a later pass, so nothing is lost.
-    "delivery_timeout_ms": 30000,
+    # Upper bound on retries of one record: the library's 2 minutes, so that an outage of a
+    # minute or so ends with kafka-python resending by itself the moment the broker is back
+    # (an expired batch leaves kafka-python 3.0's idempotent producer unusable; see _failed).
+    "delivery_timeout_ms": 120000,
+    # Reconnect within a second of the broker coming back (library default: backoff up to 30 s).
+    "reconnect_backoff_max_ms": 1000,
     # Building the publisher against an unreachable broker fails in seconds, not 30 s.
     "bootstrap_timeout_ms": 5000,
 }
@@ -99,6 +104,63 @@ _PRODUCER_FAILED = tuple(
 )
 
 
+class CachedHashPartitioner(Partitioner):  # type: ignore[misc]
+    """kafka-python's default partitioner (murmur2 of the key, like the Java client), remembering
+    the hashes of recent keys: murmur2 is pure Python here and costs more than the rest of
+    `send`, while an outbox's keys (aggregate ids) recur. Same partition for every key."""
+
+    def __init__(self, limit: int = 65536) -> None:
+        self._limit = limit
+        self._hashes: dict[bytes, int] = {}
+        self._default = DefaultPartitioner()
+
+    def partition(
+        self,
+        topic: str,
+        key: Any,
+        serialized_key: bytes | None,
+        value: Any,
+        serialized_value: bytes | None,
+        cluster: Any,
+    ) -> int:
+        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not partitions:  # no key, or an unknown topic: the default's behaviour and errors
+            result: int = self._default.partition(
+                topic, key, serialized_key, value, serialized_value, cluster
+            )
+            return result
+        hashes = self._hashes
+        h = hashes.get(serialized_key)  # type: ignore[arg-type]
+        if h is None:
+            if len(hashes) >= self._limit:
+                hashes.clear()
+            h = hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF  # type: ignore[index]
+        ordered = sorted(partitions)
+        return int(ordered[h % len(ordered)])
+
+
+def _typed(name: str, value: Any) -> Any:
+    """A setting given as text (environment, ``-X``) converted to the type of kafka-python's
+    default for it. Text settings (passwords, file names, mechanisms) stay exactly as given."""
+    default = KafkaProducer.DEFAULT_CONFIG.get(name)
+    if not isinstance(value, str) or default is None or isinstance(default, str):
+        return value
+    text = value.strip()
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigurationError(f"producer setting {name}={value!r} is not a boolean")
+    if isinstance(default, int | float):
+        for kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+    return value  # e.g. acks="all": kafka-python validates it
+
+
 def producer_settings(
     bootstrap_servers: str,
     producer_config: Mapping[str, Any] | None = None,
@@ -112,7 +174,7 @@ def producer_settings(
     """
     if not bootstrap_servers or not bootstrap_servers.strip():
         raise ConfigurationError("bootstrap servers must not be empty")
-    user = dict(producer_config or {})
+    user = {name: _typed(name, value) for name, value in (producer_config or {}).items()}
     known = set(KafkaProducer.DEFAULT_CONFIG) | set(
         getattr(KafkaProducer, "DEPRECATED_CONFIGS", ())
     )
@@ -195,6 +257,10 @@ class KafkaDelivery:
 
     __slots__ = ("_errors", "_futures", "_publisher")
 
+    def done(self) -> bool:
+        # Futures resolve in order per partition: checking from the end finds a pending one soon.
+        return all(f is None or f.is_done for f in reversed(self._futures))
+
     def __init__(
         self, futures: list[Any], errors: dict[int, PublishError], publisher: KafkaPublisher
     ) -> None:
@@ -221,6 +287,8 @@ class KafkaDelivery:
                     with contextlib.suppress(Exception):
                         future.get(remaining)
                 if not future.is_done:
+                    # A send stuck this long means a wedged producer (see _failed): replace it.
+                    self._publisher._replace_producer = True
                     append(BrokerUnavailableError(f"not acknowledged within {timeout}s"))
                     continue
             exc = future.exception
@@ -278,7 +346,9 @@ class KafkaPublisher:
             return client
 
         try:
-            return KafkaProducer(**{**self._settings, "kafka_client": tracked_client})
+            settings = {**self._settings, "kafka_client": tracked_client}
+            settings.setdefault("partitioner", CachedHashPartitioner())
+            return KafkaProducer(**settings)
         except BaseException:
             for client in clients:
                 with contextlib.suppress(Exception):
@@ -305,8 +375,12 @@ class KafkaPublisher:
 
     def _failed(self, exc: BaseException) -> PublishError:
         # Any non-retriable failure reported asynchronously may have put the idempotent
-        # producer in its fatal state: build a fresh one before the next publish.
-        if isinstance(exc, kafka_errors.KafkaError) and not exc.retriable:
+        # producer in its fatal state: build a fresh one before the next publish. So may an
+        # expired batch: after a long outage kafka-python 3.0's idempotent producer lets every
+        # later send hang (reproduced by tests/faults), while a fresh producer delivers at once.
+        if isinstance(exc, kafka_errors.KafkaTimeoutError) or (
+            isinstance(exc, kafka_errors.KafkaError) and not exc.retriable
+        ):
             self._replace_producer = True
         return translate(exc)
 

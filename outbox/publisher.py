@@ -6,6 +6,7 @@ Contract of `Publisher`
 with a `Delivery`. It never blocks on acknowledgements; it may block briefly when the client's
 buffer is full. Messages with the same topic and key reach the broker in the order given.
 
+``Delivery.done()`` tells without blocking whether every message has resolved.
 ``Delivery.wait(timeout)`` blocks until every message of that call was acknowledged or failed,
 or the timeout passed, and returns one outcome per message, in order: ``None`` for an
 acknowledged message, else a `PublishError`: `BrokerUnavailableError` for a transient failure
@@ -51,6 +52,10 @@ class Message:
 
 @runtime_checkable
 class Delivery(Protocol):
+    def done(self) -> bool:
+        """True when every message of the call was acknowledged or failed (never blocks)."""
+        ...
+
     def wait(self, timeout: float | None = None) -> list[PublishError | None]:
         """Outcomes of the messages of one `publish` call, in order (see the module contract)."""
         ...
@@ -72,6 +77,9 @@ class ResolvedDelivery:
     """A `Delivery` whose outcomes are already known."""
 
     outcomes: list[PublishError | None]
+
+    def done(self) -> bool:
+        return True
 
     def wait(self, timeout: float | None = None) -> list[PublishError | None]:
         return list(self.outcomes)

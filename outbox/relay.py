@@ -62,6 +62,12 @@ BATCHES_PER_PASS = 50
 BACKLOG_INTERVAL = 5.0
 #: Seconds between purges of retained published events.
 PURGE_INTERVAL = 60.0
+#: Seconds a batch's acknowledgements are awaited per slice (the stop flag is checked between).
+WAIT_SLICE = 0.5
+#: Seconds without acknowledgement after which the broker is reported down (readiness).
+SILENT_BROKER = 10.0
+#: Seconds after which a batch is given up; beyond the producer's own delivery timeout.
+ACK_TIMEOUT = 150.0
 
 
 @dataclass
@@ -124,6 +130,8 @@ class Relay:
         self.state = RelayState()
         self._publisher = publisher
         self._publisher_factory = publisher_factory
+        # Only a publisher the relay built itself is closed and rebuilt when it wedges.
+        self._owns_publisher = publisher is None
         self._encode = make_encoder(config)
         self._stop = threading.Event()
         self._lease: Lease | None = None
@@ -228,7 +236,8 @@ class Relay:
         if self._publisher is None:
             self._publisher = self._publisher_factory(self.config)
         self._mark("broker", True)
-        self._waker = self.store.waker()
+        if self._waker is None:
+            self._waker = self.store.waker()
         self.state.started = True
         logger.info(
             "relay %s started on %s table %s",
@@ -399,11 +408,44 @@ class Relay:
             self.observer.parked("<unencodable>", len(garbage), garbage[0][1])
         return sendable, messages
 
+    def _await(self, delivery: Delivery) -> list[PublishError | None]:
+        """Wait for a delivery in short slices: a stop request is honoured within a slice, and
+        a broker silent for `SILENT_BROKER` seconds is reported down (/readyz) while the
+        producer keeps retrying. After `ACK_TIMEOUT` the delivery is given up (its events stay
+        pending) and a publisher the relay built itself is replaced."""
+        started = time.monotonic()
+        while not delivery.done():
+            waited = time.monotonic() - started
+            if self._stop.is_set() or waited >= ACK_TIMEOUT:
+                break
+            if waited >= SILENT_BROKER:
+                self._mark(
+                    "broker",
+                    False,
+                    f"waiting for the broker at {self.config.bootstrap_servers}: "
+                    f"no acknowledgement for {waited:.0f}s",
+                )
+            delivery.wait(min(WAIT_SLICE, ACK_TIMEOUT - waited))
+        outcomes = delivery.wait(0)
+        if not delivery.done() and not self._stop.is_set() and self._owns_publisher:
+            logger.warning("no acknowledgement for %.0fs: replacing the publisher", ACK_TIMEOUT)
+            self._replace_publisher()
+        return outcomes
+
+    def _replace_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        self.state.started = False  # _start builds a new one on the next cycle
+        if publisher is not None:
+            try:
+                publisher.close(0)
+            except OutboxError as error:
+                logger.warning("closing the publisher: %s", error)
+
     def _settle(self, batch: _InFlight, blocked: set[str]) -> tuple[int, PublishError | None]:
         """Wait for a batch's acknowledgements, then mark what may be marked. Returns the
         number marked and the outage that failed some of its sends, if any."""
         config = self.config
-        outcomes = batch.delivery.wait(config.shutdown_timeout + 30.0)
+        outcomes = self._await(batch.delivery)
         done: list[int] = []
         done_topics: dict[str, list[float]] = defaultdict(list)
         rejected: list[tuple[int, str]] = []

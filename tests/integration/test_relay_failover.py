@@ -167,7 +167,7 @@ def test_a_paused_relay_loses_its_lease_and_stays_fenced_when_it_wakes(
         finally:
             os.kill(paused_pid, signal.SIGCONT)
         paused = next(r for r in relays if r.process.pid == paused_pid)
-        paused.wait_for_log("now standby", timeout=30)
+        paused.wait_for_log("lease lost", timeout=30)
         assert active_pid(store) not in (None, paused_pid)
 
         writer.join(60)

@@ -1,0 +1,44 @@
+"""Scenario 5, growth: the drain rate and the relay's peak memory as the backlog grows.
+
+On PostgreSQL, backlogs of 10k, 100k and 1M events (generated in SQL; only the drain is
+measured), each drained by one relay in its own process. The baseline is the 10k drain's
+steady-state rate: a scan or a round trip that grows with the table would show as a falling
+ratio. Peak memory is the relay process's VmHWM.
+"""
+
+from __future__ import annotations
+
+from bench import relayproc
+from bench.common import Context, scenario
+
+KIND = "postgresql"
+
+
+@scenario("growth", "Growth: drain rate and relay memory at 10k / 100k / 1M pending (PostgreSQL)")
+def growth(ctx: Context) -> None:
+    sizes = [10_000, 100_000, 1_000_000] if not ctx.quick else [2_000, 10_000, 50_000]
+    ctx.fact("sizes", sizes)
+    ctx.fact("database", KIND)
+    results = {n: relayproc.backlog_drain(ctx, KIND, n) for n in sizes}
+    base = f"{sizes[0]:,} pending: steady state"
+    ctx.record(base, [results[sizes[0]]["steady_rate"]], "events/s")
+    for n in sizes[1:]:
+        ctx.record(
+            f"{n:,} pending: steady state",
+            [results[n]["steady_rate"]],
+            "events/s",
+            baseline=base,
+            headline=n == sizes[-1],
+        )
+    for n in sizes:
+        ctx.record(f"{n:,} pending: start to last ack", [results[n]["rate"]], "events/s")
+    first = f"{sizes[0]:,} pending: relay peak RSS"
+    ctx.record(first, [results[sizes[0]]["maxrss_mb"]], "MB")
+    for n in sizes[1:]:
+        ctx.record(
+            f"{n:,} pending: relay peak RSS",
+            [results[n]["maxrss_mb"]],
+            "MB",
+            baseline=first,
+            headline=n == sizes[-1],
+        )
