@@ -38,9 +38,10 @@ from typing import Protocol, runtime_checkable
 from outbox.errors import BrokerUnavailableError, EventRejectedError, PublishError
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen, for the same reason as PendingEvent: one is built per event on the hot path.
+@dataclass(slots=True)
 class Message:
-    """One record to publish."""
+    """One record to publish (read-only by convention)."""
 
     topic: str
     key: bytes | None

@@ -53,8 +53,12 @@ from outbox.store import Lease, OutboxStore, Waker, create_relay_engine, is_tran
 
 logger = logging.getLogger("outbox.relay")
 
-#: Batches kept in flight: the next batch is read while the previous one is being sent.
+#: Batches kept in flight: the next batch is read while earlier ones are being sent. A crash
+#: repeats at most about this many batches' worth of events.
 PIPELINE_DEPTH = 2
+#: Small batches (a trickle of commits) may overlap more, so that a new event does not wait
+#: for the acknowledgement of the one before it.
+MAX_INFLIGHT_BATCHES = 16
 #: A pass restarts from the first pending row after this many batches, so rows whose
 #: transaction committed late are found even under a continuous stream.
 BATCHES_PER_PASS = 50
@@ -62,6 +66,10 @@ BATCHES_PER_PASS = 50
 BACKLOG_INTERVAL = 5.0
 #: Seconds between purges of retained published events.
 PURGE_INTERVAL = 60.0
+#: Seconds to wait for a wake-up between checks of the head batch's acknowledgements.
+NEW_EVENTS_POLL = 0.001
+#: Seconds the set of keys held back by parked events is cached.
+HELD_KEYS_TTL = 5.0
 #: Seconds a batch's acknowledgements are awaited per slice (the stop flag is checked between).
 WAIT_SLICE = 0.5
 #: Seconds without acknowledgement after which the broker is reported down (readiness).
@@ -139,6 +147,8 @@ class Relay:
         self._deadline = 0.0
         self._waker: Waker | None = None
         self._next_backlog = 0.0
+        self._held: frozenset[str] | None = None
+        self._held_until = 0.0
         self._next_purge = 0.0
 
     # -- public ------------------------------------------------------------------------------
@@ -176,6 +186,7 @@ class Relay:
         self._start()
         if not self._hold_lease():
             return 0
+        self._held = None  # a single pass sees requeues and drops made just before it
         return self._pass()
 
     def run(self) -> None:
@@ -279,6 +290,8 @@ class Relay:
 
     def _set_lease(self, lease: Lease | None, released: bool = False) -> None:
         changed = (lease is None) != (self._lease is None)
+        if changed:
+            self._held = None  # another relay may have parked events meanwhile
         self._lease = lease
         self.state.lease = lease is not None
         if changed:
@@ -340,7 +353,7 @@ class Relay:
         assert self._publisher is not None
         publisher = self._publisher
         config = self.config
-        held = self.store.parked_keys() if config.hold_parked_keys else frozenset()
+        held = self._held_keys()
         # Keys that must not be sent again in this pass: a failure or garbage in their line.
         blocked: set[str] = set()
         inflight: deque[_InFlight] = deque()
@@ -349,16 +362,17 @@ class Relay:
         exhausted = False
         batches = 0
         published = 0
+        last_fetch = 0.0
         while True:
             fetch = (
                 outage is None
                 and not exhausted
                 and not self._stop.is_set()
                 and batches < BATCHES_PER_PASS
-                and len(inflight) < PIPELINE_DEPTH
+                and self._room(inflight)
             )
             if fetch:
-                started = time.monotonic()
+                started = last_fetch = time.monotonic()
                 self._ensure_fresh_lease()
                 events = self.store.fetch_pending(config.batch_size, cursor, held)
                 exhausted = len(events) < config.batch_size
@@ -372,12 +386,55 @@ class Relay:
                     continue
             if not inflight:
                 break
+            head = inflight[0]
+            if (
+                exhausted
+                and outage is None
+                and self._room(inflight)
+                and batches < BATCHES_PER_PASS
+                and not self._stop.is_set()
+                and time.monotonic() - head.started < WAIT_SLICE
+                and not head.delivery.done()
+            ):
+                # While the head batch awaits its acknowledgements, watch for new commits (a
+                # NOTIFY, or the poll interval): they are read and sent without waiting.
+                if self._new_events_likely(last_fetch):
+                    exhausted = False
+                continue
             marked, failure = self._settle(inflight.popleft(), blocked)
             published += marked
             outage = outage or failure
         if outage is not None:
             raise outage
         return published
+
+    def _room(self, inflight: deque[_InFlight]) -> bool:
+        """Whether another batch may be sent before the oldest one is acknowledged: always up
+        to PIPELINE_DEPTH batches, more only while they hold less than one batch of events."""
+        if len(inflight) < PIPELINE_DEPTH:
+            return True
+        if len(inflight) >= MAX_INFLIGHT_BATCHES:
+            return False
+        return sum(len(batch.events) for batch in inflight) < self.config.batch_size
+
+    def _new_events_likely(self, last_fetch: float) -> bool:
+        """Wait a moment for a wake-up; True when it is worth reading again."""
+        if self._waker is not None and self._waker.wait(NEW_EVENTS_POLL):
+            return True
+        return time.monotonic() - last_fetch >= self.config.poll_interval
+
+    def _held_keys(self) -> frozenset[str]:
+        """Keys with a parked event (their later events wait), cached: only the lease holder
+        parks, so the cache is dropped when this relay parks or takes the lease, and refreshed
+        every `HELD_KEYS_TTL` seconds: a running relay sees an operator's requeue or drop
+        within that time."""
+        if not self.config.hold_parked_keys:
+            return frozenset()
+        now = time.monotonic()
+        if self._held is None or now >= self._held_until:
+            self._held = self.store.parked_keys()
+            self._held_until = now + HELD_KEYS_TTL
+        return self._held
 
     def _encode_batch(
         self, events: list[PendingEvent], blocked: set[str]
@@ -401,6 +458,7 @@ class Relay:
             sendable.append(event)
             messages.append(message)
         if garbage:
+            self._held = None
             assert self._lease is not None
             self.store.record_rejections(
                 self._lease, self.config.lease_ttl, garbage, 1, park_now=True
@@ -488,6 +546,7 @@ class Relay:
                 lease, config.lease_ttl, rejected, config.max_attempts
             )
             if parked:
+                self._held = None
                 reason = f"rejected {config.max_attempts} times: {rejected[0][1]}"
                 self.observer.parked(next(iter(rejected_topics)), len(parked), reason)
         self.observer.batch(len(batch.events), time.monotonic() - batch.started)

@@ -182,6 +182,10 @@ class OutboxStore:
     @contextmanager
     def _read(self) -> Iterator[sa.Connection]:
         with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                # No BEGIN / ROLLBACK round trips around a single SELECT (psycopg switches
+                # autocommit locally); one round trip per read on the relay's hot path.
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
             # Ends the read transaction at once, so no snapshot or lock outlives the read.
             conn.rollback()
