@@ -39,7 +39,13 @@ class Statements:
         self.seen.append(" ".join(statement.split()))
 
     def outbox_inserts(self) -> list[str]:
-        return [s for s in self.seen if s.upper().startswith("INSERT INTO") and "outbox" in s[:30]]
+        # On PostgreSQL a lone row shares its statement with the NOTIFY: WITH ... INSERT.
+        return [
+            s
+            for s in self.seen
+            if (s.upper().startswith("INSERT INTO") and "outbox" in s[:30])
+            or s.startswith("WITH outbox_insert AS")
+        ]
 
     def notifies(self) -> list[str]:
         return [s for s in self.seen if "pg_notify" in s]
