@@ -64,10 +64,15 @@ class EmbeddedBroker:
                 self.process.wait()
 
 
-def start_broker(port: int | None = None, timeout: float = 15.0) -> EmbeddedBroker:
-    """Start Tansu on a free (or the given) loopback port and wait until it accepts connections."""
+def start_broker(
+    port: int | None = None, timeout: float = 15.0, advertised_port: int | None = None
+) -> EmbeddedBroker:
+    """Start Tansu on a free (or the given) loopback port and wait until it accepts connections.
+
+    `advertised_port` makes it tell clients another port (a proxy in front of it, in tests)."""
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
+    advertised = f"tcp://127.0.0.1:{advertised_port or port}"
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "error")
     process = subprocess.Popen(
@@ -77,7 +82,7 @@ def start_broker(port: int | None = None, timeout: float = 15.0) -> EmbeddedBrok
             "--listener-url",
             url,
             "--advertised-listener-url",
-            url,
+            advertised,
             "--storage-engine",
             "memory://tansu/",
         ],

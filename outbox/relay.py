@@ -16,8 +16,9 @@ Design
 * **At least once.** A row is deleted only after the broker acknowledged it. On any failure the
   rows of that key that follow the failed one are not marked either, so the next pass resends
   the key from its first unacknowledged event.
-* **No skipped rows.** Each pass reads from the start of the pending rows (never "after the last
-  id seen" across passes), so a transaction that commits late is still published.
+* **No skipped rows, no overtaking.** Every read starts from the first pending row (leaving out
+  the events in flight), never "after the last id seen": a transaction that commits late is
+  still published, and no later event of its key is read past it.
 * **Outages are not poison.** An unavailable broker or database pauses the relay with jittered
   exponential backoff (tenacity) and never counts an attempt against an event. Only a permanent
   rejection of one event counts; after ``max_attempts`` the event is parked and, by default,
@@ -59,8 +60,7 @@ PIPELINE_DEPTH = 2
 #: Small batches (a trickle of commits) may overlap more, so that a new event does not wait
 #: for the acknowledgement of the one before it.
 MAX_INFLIGHT_BATCHES = 16
-#: A pass restarts from the first pending row after this many batches, so rows whose
-#: transaction committed late are found even under a continuous stream.
+#: Batches per pass; the next pass re-reads the parked keys and the backlog figures.
 BATCHES_PER_PASS = 50
 #: Seconds between backlog samples (a COUNT query) reported to the observer.
 BACKLOG_INTERVAL = 5.0
@@ -357,7 +357,9 @@ class Relay:
         # Keys that must not be sent again in this pass: a failure or garbage in their line.
         blocked: set[str] = set()
         inflight: deque[_InFlight] = deque()
-        cursor: int | None = None
+        # Seqs sent and not yet settled: every read starts from the first pending row and
+        # leaves these out (see OutboxStore.fetch_pending for why there is no cursor).
+        sent: set[int] = set()
         outage: PublishError | None = None
         exhausted = False
         batches = 0
@@ -374,15 +376,17 @@ class Relay:
             if fetch:
                 started = last_fetch = time.monotonic()
                 self._ensure_fresh_lease()
-                events = self.store.fetch_pending(config.batch_size, cursor, held)
+                events = self.store.fetch_pending(
+                    config.batch_size, sorted(sent), held | blocked if blocked else held
+                )
                 exhausted = len(events) < config.batch_size
                 batches += 1
                 if events:
-                    cursor = events[-1].seq
                     sendable, messages = self._encode_batch(events, blocked)
                     if sendable:
                         delivery = publisher.publish(messages)
                         inflight.append(_InFlight(sendable, messages, delivery, started))
+                        sent.update(event.seq for event in sendable)
                     continue
             if not inflight:
                 break
@@ -401,7 +405,10 @@ class Relay:
                 if self._new_events_likely(last_fetch):
                     exhausted = False
                 continue
-            marked, failure = self._settle(inflight.popleft(), blocked)
+            settled = inflight.popleft()
+            marked, failure = self._settle(settled, blocked)
+            # Marked events are gone; unmarked ones belong to blocked keys, left out by key.
+            sent.difference_update(event.seq for event in settled.events)
             published += marked
             outage = outage or failure
         if outage is not None:

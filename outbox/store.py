@@ -14,7 +14,7 @@ import select
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -156,7 +156,12 @@ class OutboxStore:
         self._pending = sa.and_(t.c.published_at.is_(None), t.c.parked_at.is_(None))
         self._seq_range = t.c.seq.between(sa.bindparam("seq_lo"), sa.bindparam("seq_hi"))
         self._seq_any: sa.ColumnElement[bool] | None = None
+        self._seq_not_any: sa.ColumnElement[bool] | None = None
         if self.dialect == "postgresql":
+            # One array parameter instead of one placeholder per event in flight.
+            self._seq_not_any = t.c.seq != sa.all_(
+                sa.bindparam("inflight", type_=postgresql.ARRAY(sa.BigInteger()))
+            )
             self._seq_any = t.c.seq == sa.any_(
                 sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger()))
             )
@@ -313,21 +318,33 @@ class OutboxStore:
             return frozenset(key for key in rows if key is not None)
 
     def fetch_pending(
-        self, limit: int, after_seq: int | None = None, exclude_keys: frozenset[str] = frozenset()
+        self,
+        limit: int,
+        exclude_seqs: Sequence[int] = (),
+        exclude_keys: Collection[str] = frozenset(),
     ) -> list[PendingEvent]:
-        """Up to `limit` pending events in insert order, after `after_seq` if given.
+        """Up to `limit` pending events in insert order, from the first pending one, leaving out
+        `exclude_seqs` (events in flight) and events of `exclude_keys`.
 
-        No row locks: only the lease holder reads to publish. Rows that become visible late
-        (their transaction committed after later ones) are found by the next read from the start.
+        Always from the start, never "after the last seq read": a transaction that commits late
+        makes a lower seq visible later, and reading past it would let a later event of its key
+        overtake it. No row locks: only the lease holder reads to publish.
         """
         t = self.table
         query = sa.select(*self._columns).where(self._pending).order_by(t.c.seq).limit(limit)
-        if after_seq is not None:
-            query = query.where(t.c.seq > after_seq)
+        if exclude_seqs:
+            if self._seq_not_any is not None:
+                query = query.where(self._seq_not_any)
+                params: dict[str, Any] = {"inflight": list(exclude_seqs)}
+            else:
+                query = query.where(t.c.seq.not_in(list(exclude_seqs)))
+                params = {}
+        else:
+            params = {}
         if exclude_keys:
             query = query.where(self._partition_key.not_in(sorted(exclude_keys)))
         with self._read() as conn:
-            rows = conn.execute(query).all()
+            rows = conn.execute(query, params).all()
         return [
             PendingEvent(
                 seq=r[0],

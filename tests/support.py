@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,14 +210,23 @@ def clean_env(**extra: str) -> dict[str, str]:
 class RelayProcess:
     """`outbox relay` in the background, its stderr collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.started = time.monotonic()
         self.process = subprocess.Popen(
-            [OUTBOX, "relay", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=clean_env(),
-        )  # fmt: skip
+            [OUTBOX, "relay", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env or clean_env(),
+        )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     def _read(self) -> None:
         assert self.process.stderr is not None
@@ -226,23 +237,52 @@ class RelayProcess:
     def log(self) -> str:
         return "\n".join(self.lines)
 
-    def wait_for_log(self, text: str, timeout: float = 30) -> None:
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def wait_for_log(self, text: str, timeout: float = 30, times: int = 1) -> None:
         deadline = time.monotonic() + timeout
-        while text not in self.log:
-            assert self.process.poll() is None, f"relay exited early:\n{self.log}"
-            assert time.monotonic() < deadline, f"no {text!r} in the relay's log:\n{self.log}"
-            time.sleep(0.1)
+        while self.count(text) < times:
+            assert self.running(), f"relay exited early:\n{self.log[-3000:]}"
+            assert time.monotonic() < deadline, (
+                f"no {text!r} in the relay's log:\n{self.log[-3000:]}"
+            )
+            time.sleep(0.02)
+
+    def peak_rss_kib(self) -> int:
+        """VmHWM (peak resident set) of the running process, in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmHWM")
 
     def terminate(self, timeout: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
+        """SIGTERM, once the relay's loop has started (its signal handler is in place by then:
+        an earlier SIGTERM would kill the interpreter before the handler exists)."""
+        if self.running():
+            self.wait_for_log("outbox.relay", timeout)
+            self.process.send_signal(signal.SIGTERM)
         code = self.process.wait(timeout)
         self._reader.join(5)
         return code
 
     def kill(self) -> None:
-        if self.process.poll() is None:
+        if self.running():
             self.process.kill()
-            self.process.wait()
+        self.process.wait()
         self._reader.join(5)
         if self.process.stderr is not None:
             self.process.stderr.close()
+
+
+def http_status(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0

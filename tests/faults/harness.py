@@ -6,29 +6,23 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from outbox.app import Outbox
-from outbox.embedded_broker import broker_binary, free_port, wait_for_port
+from outbox.embedded_broker import EmbeddedBroker, free_port, start_broker
 from tests.faults.checker import Delivery, Ledger
 from tests.faults.proxy import TcpProxy
+from tests.support import RelayProcess
 
-OUTBOX = str(Path(sys.executable).with_name("outbox"))
 #: Relay options every scenario uses: a short lease so that takeovers after a kill are quick.
 FAST = ("--lease-ttl", "2", "--poll-interval", "0.05")
 
@@ -235,77 +229,6 @@ def keys_of(thread: int, threads: int, total_keys: int) -> list[str]:
 # -- relays ------------------------------------------------------------------------------------
 
 
-class RelayProcess:
-    """`outbox relay` in the background, its stderr collected line by line."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.started = time.monotonic()
-        self.process = subprocess.Popen(
-            [OUTBOX, "relay", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env or relay_env(),
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def count(self, text: str) -> int:
-        return sum(text in line for line in list(self.lines))
-
-    def running(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_for_log(self, text: str, timeout: float = 30, times: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while self.count(text) < times:
-            assert self.running(), f"relay exited early:\n{self.log[-3000:]}"
-            assert time.monotonic() < deadline, (
-                f"no {text!r} in the relay's log:\n{self.log[-3000:]}"
-            )
-            time.sleep(0.02)
-
-    def peak_rss_kib(self) -> int:
-        """VmHWM (peak resident set) of the running process, in KiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-        raise AssertionError("no VmHWM")
-
-    def terminate(self, timeout: float = 30) -> int:
-        """SIGTERM, once the relay's loop has started (its signal handler is in place by then:
-        an earlier SIGTERM would kill the interpreter before the handler exists)."""
-        if self.running():
-            self.wait_for_log("outbox.relay", timeout)
-            self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.running():
-            self.process.kill()
-        self.process.wait()
-        self._reader.join(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-
 @contextmanager
 def relay_pool() -> Iterator[list[RelayProcess]]:
     """Relays started in a test; every one is killed at the end, whatever happened."""
@@ -315,16 +238,6 @@ def relay_pool() -> Iterator[list[RelayProcess]]:
     finally:
         for relay in started:
             relay.kill()
-
-
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
 
 
 # -- the broker behind a proxy -----------------------------------------------------------------
@@ -337,7 +250,7 @@ class ProxiedBroker:
     the proxy."""
 
     proxy: TcpProxy
-    process: subprocess.Popen[bytes]
+    broker: EmbeddedBroker
 
     @property
     def bootstrap_servers(self) -> str:
@@ -345,40 +258,18 @@ class ProxiedBroker:
 
     def stop(self) -> None:
         self.proxy.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        self.broker.stop()
 
 
 def start_proxied_broker() -> ProxiedBroker:
     listen = free_port()
     proxy = TcpProxy("127.0.0.1", listen)
-    env = dict(os.environ)
-    env.setdefault("RUST_LOG", "error")
-    process = subprocess.Popen(
-        [
-            broker_binary(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{listen}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{proxy.port}",
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    broker = ProxiedBroker(proxy, process)
-    if not wait_for_port("127.0.0.1", listen, 15):
-        broker.stop()
-        raise AssertionError("the proxied broker did not start")
-    return broker
+    try:
+        broker = start_broker(listen, advertised_port=proxy.port)
+    except RuntimeError:
+        proxy.close()
+        raise
+    return ProxiedBroker(proxy, broker)
 
 
 # -- reading back ------------------------------------------------------------------------------

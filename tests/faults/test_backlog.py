@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.faults.checker import Ledger, assert_exact, check, report
-from tests.faults.harness import FAST, App, RelayProcess, read_back, unique_topic, wait_until
+from tests.faults.harness import FAST, App, read_back, unique_topic, wait_until
+from tests.support import RelayProcess
 
 pytestmark = pytest.mark.faults
 

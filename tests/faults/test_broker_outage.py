@@ -12,15 +12,14 @@ from tests.faults.harness import (
     FAST,
     App,
     ProxiedBroker,
-    RelayProcess,
     Writers,
-    http_status,
     keys_of,
     read_back,
     simple_transaction,
     unique_topic,
     wait_until,
 )
+from tests.support import RelayProcess, http_status
 
 pytestmark = pytest.mark.faults
 

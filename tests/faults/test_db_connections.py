@@ -14,7 +14,6 @@ from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,
     App,
-    RelayProcess,
     Writers,
     backend_of,
     keys_of,
@@ -23,6 +22,7 @@ from tests.faults.harness import (
     unique_topic,
     wait_until,
 )
+from tests.support import RelayProcess
 
 pytestmark = pytest.mark.faults
 

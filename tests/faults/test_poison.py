@@ -11,16 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from tests.faults.checker import Ledger, assert_exact, check, report
-from tests.faults.harness import (
-    FAST,
-    OUTBOX,
-    App,
-    RelayProcess,
-    read_back,
-    relay_env,
-    unique_topic,
-    wait_until,
-)
+from tests.faults.harness import FAST, App, read_back, relay_env, unique_topic, wait_until
+from tests.support import OUTBOX, RelayProcess
 
 pytestmark = pytest.mark.faults
 

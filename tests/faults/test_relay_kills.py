@@ -13,7 +13,6 @@ from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,
     App,
-    RelayProcess,
     Writers,
     keys_of,
     read_back,
@@ -21,6 +20,7 @@ from tests.faults.harness import (
     unique_topic,
     wait_until,
 )
+from tests.support import RelayProcess
 
 pytestmark = pytest.mark.faults
 

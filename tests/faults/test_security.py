@@ -14,8 +14,9 @@ from outbox.embedded_broker import free_port
 from outbox.errors import ConfigurationError
 from outbox.kafka import producer_settings
 from tests.faults.checker import Ledger, assert_exact, check
-from tests.faults.harness import FAST, RelayProcess, read_back, unique_topic, wait_until
+from tests.faults.harness import FAST, read_back, unique_topic, wait_until
 from tests.faults.test_startup import assert_one_line_error, run_relay
+from tests.support import RelayProcess
 
 pytestmark = pytest.mark.faults
 

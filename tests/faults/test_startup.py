@@ -14,18 +14,15 @@ from outbox.embedded_broker import free_port
 from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,
-    OUTBOX,
     App,
     ProxiedBroker,
-    RelayProcess,
-    http_status,
     read_back,
     relay_env,
     unique_topic,
     wait_until,
 )
 from tests.faults.proxy import TcpProxy
-from tests.support import MYSQL_BASE
+from tests.support import MYSQL_BASE, OUTBOX, RelayProcess, http_status
 
 pytestmark = pytest.mark.faults
 

@@ -13,7 +13,6 @@ from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,
     App,
-    RelayProcess,
     Transaction,
     Writers,
     backend_of,
@@ -23,6 +22,7 @@ from tests.faults.harness import (
     unique_topic,
     wait_until,
 )
+from tests.support import RelayProcess
 
 pytestmark = pytest.mark.faults
 

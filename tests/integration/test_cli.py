@@ -25,6 +25,7 @@ from tests.support import (
     consume,
     count_rows,
     create_outbox_tables,
+    http_status,
     insert_rows,
 )
 
@@ -202,14 +203,6 @@ def relays() -> Iterator[list[RelayProcess]]:
     yield started
     for relay in started:
         relay.kill()
-
-
-def http_status(port: int, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
 
 
 def test_relay_publishes_and_stops_cleanly_on_sigterm(

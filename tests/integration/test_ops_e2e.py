@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import uuid
@@ -25,7 +23,7 @@ from sqlalchemy.orm import sessionmaker
 from outbox import Outbox
 from outbox.embedded_broker import free_port
 from outbox.event import Event
-from tests.support import Received, consume
+from tests.support import Received, RelayProcess, consume
 
 pytestmark = pytest.mark.integration
 
@@ -54,52 +52,13 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 30.0) -> N
         time.sleep(0.2)
 
 
-class RelayProcess:
-    """`outbox relay` in the background, its stderr collected line by line."""
-
-    def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [OUTBOX, "relay", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True, env=_env(),
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def log(self) -> str:
-        return "\n".join(self.lines)
-
-    def check_running(self) -> None:
-        assert self.process.poll() is None, f"the relay exited early:\n{self.log}"
-
-    def terminate(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(30)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(5)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-
 @pytest.fixture
 def start_relay(kafka: str) -> Iterator[Callable[..., RelayProcess]]:
     """Starts `outbox relay --db-url URL --bootstrap-servers <session broker> ...`."""
     started: list[RelayProcess] = []
 
     def start(db_url: str, *args: str) -> RelayProcess:
-        relay = RelayProcess("--db-url", db_url, "--bootstrap-servers", kafka, *args)
+        relay = RelayProcess("--db-url", db_url, "--bootstrap-servers", kafka, *args, env=_env())
         started.append(relay)
         return relay
 
@@ -209,7 +168,7 @@ def test_metrics_scraped_during_a_real_run_match_what_happened(
     )  # fmt: skip
     received = consume(kafka, [orders, users], expected=20)
     assert len(received) == 20
-    relay.check_running()
+    assert relay.running(), relay.log
 
     # The counters follow the marking (just after the ack); the backlog gauges are sampled
     # every few seconds: wait for a scrape that has seen the end of the run.
@@ -278,7 +237,7 @@ def test_json_logs_one_line_per_state_change_password_masked(
     emit(50, 500)
     assert len(consume(kafka, topic, expected=500, timeout=60)) == 500
     wait_until("all 500 events to be marked", lambda: app.count() == 0)
-    relay.check_running()
+    assert relay.running(), relay.log
     # Ten times the events, no more lines: the relay logs changes of state, not traffic.
     assert len(relay.lines) <= after_50 + 2, relay.log
     assert relay.terminate() == 0, relay.log
