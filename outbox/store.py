@@ -341,8 +341,11 @@ class OutboxStore:
                 params = {}
         else:
             params = {}
-        if exclude_keys:
-            query = query.where(self._partition_key.not_in(sorted(exclude_keys)))
+        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
+        # never excluded by key; its row is parked instead.
+        keys = sorted(key for key in exclude_keys if key is not None)
+        if keys:
+            query = query.where(self._partition_key.not_in(keys))
         with self._read() as conn:
             rows = conn.execute(query, params).all()
         return [
