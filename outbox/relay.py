@@ -16,9 +16,10 @@ Design
 * **At least once.** A row is deleted only after the broker acknowledged it. On any failure the
   rows of that key that follow the failed one are not marked either, so the next pass resends
   the key from its first unacknowledged event.
-* **No skipped rows, no overtaking.** Every read starts from the first pending row (leaving out
-  the events in flight), never "after the last id seen": a transaction that commits late is
-  still published, and no later event of its key is read past it.
+* **No skipped rows, no overtaking.** Each pass reads from the first pending row. Within a pass
+  a read continues after the last seq read only while no lower seq has become visible (a
+  transaction that committed late); when one has, the pass ends and the next starts from the
+  first row again: the late event is published, and no later event of its key goes first.
 * **Outages are not poison.** An unavailable broker or database pauses the relay with jittered
   exponential backoff (tenacity) and never counts an attempt against an event. Only a permanent
   rejection of one event counts; after ``max_attempts`` the event is parked and, by default,
@@ -357,9 +358,11 @@ class Relay:
         # Keys that must not be sent again in this pass: a failure or garbage in their line.
         blocked: set[str] = set()
         inflight: deque[_InFlight] = deque()
-        # Seqs sent and not yet settled: every read starts from the first pending row and
-        # leaves these out (see OutboxStore.fetch_pending for why there is no cursor).
-        sent: set[int] = set()
+        # The highest seq read in this pass, and how many events are in flight: a read after
+        # the cursor is sent only if no lower seq became visible meanwhile (a transaction that
+        # committed late); otherwise the pass ends and the next one reads from the start.
+        cursor: int | None = None
+        in_flight = 0
         outage: PublishError | None = None
         exhausted = False
         batches = 0
@@ -376,17 +379,25 @@ class Relay:
             if fetch:
                 started = last_fetch = time.monotonic()
                 self._ensure_fresh_lease()
-                events = self.store.fetch_pending(
-                    config.batch_size, sorted(sent), held | blocked if blocked else held
-                )
+                excluded = held | blocked if blocked else held
+                events = self.store.fetch_pending(config.batch_size, cursor, excluded)
                 exhausted = len(events) < config.batch_size
                 batches += 1
+                if (
+                    events
+                    and cursor is not None
+                    and self.store.count_pending(cursor, excluded) != in_flight
+                ):
+                    # A lower seq became visible late: its key's later events must not go
+                    # first. Send nothing more; the next pass starts from the first row.
+                    events, exhausted, batches = [], True, BATCHES_PER_PASS
                 if events:
+                    cursor = events[-1].seq
                     sendable, messages = self._encode_batch(events, blocked)
                     if sendable:
                         delivery = publisher.publish(messages)
                         inflight.append(_InFlight(sendable, messages, delivery, started))
-                        sent.update(event.seq for event in sendable)
+                        in_flight += len(sendable)
                     continue
             if not inflight:
                 break
@@ -408,7 +419,7 @@ class Relay:
             settled = inflight.popleft()
             marked, failure = self._settle(settled, blocked)
             # Marked events are gone; unmarked ones belong to blocked keys, left out by key.
-            sent.difference_update(event.seq for event in settled.events)
+            in_flight -= len(settled.events)
             published += marked
             outage = outage or failure
         if outage is not None:

@@ -156,12 +156,7 @@ class OutboxStore:
         self._pending = sa.and_(t.c.published_at.is_(None), t.c.parked_at.is_(None))
         self._seq_range = t.c.seq.between(sa.bindparam("seq_lo"), sa.bindparam("seq_hi"))
         self._seq_any: sa.ColumnElement[bool] | None = None
-        self._seq_not_any: sa.ColumnElement[bool] | None = None
         if self.dialect == "postgresql":
-            # One array parameter instead of one placeholder per event in flight.
-            self._seq_not_any = t.c.seq != sa.all_(
-                sa.bindparam("inflight", type_=postgresql.ARRAY(sa.BigInteger()))
-            )
             self._seq_any = t.c.seq == sa.any_(
                 sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger()))
             )
@@ -320,34 +315,25 @@ class OutboxStore:
     def fetch_pending(
         self,
         limit: int,
-        exclude_seqs: Sequence[int] = (),
+        after_seq: int | None = None,
         exclude_keys: Collection[str] = frozenset(),
     ) -> list[PendingEvent]:
-        """Up to `limit` pending events in insert order, from the first pending one, leaving out
-        `exclude_seqs` (events in flight) and events of `exclude_keys`.
+        """Up to `limit` pending events in insert order, after `after_seq` if given, leaving out
+        events of `exclude_keys`. No row locks: only the lease holder reads to publish.
 
-        Always from the start, never "after the last seq read": a transaction that commits late
-        makes a lower seq visible later, and reading past it would let a later event of its key
-        overtake it. No row locks: only the lease holder reads to publish.
+        A read after a seq can miss a lower seq whose transaction committed late; the relay
+        checks with `count_pending` before it sends what such a read returned.
         """
-        t = self.table
-        query = sa.select(*self._columns).where(self._pending).order_by(t.c.seq).limit(limit)
-        if exclude_seqs:
-            if self._seq_not_any is not None:
-                query = query.where(self._seq_not_any)
-                params: dict[str, Any] = {"inflight": list(exclude_seqs)}
-            else:
-                query = query.where(t.c.seq.not_in(list(exclude_seqs)))
-                params = {}
-        else:
-            params = {}
-        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
-        # never excluded by key; its row is parked instead.
-        keys = sorted(key for key in exclude_keys if key is not None)
-        if keys:
-            query = query.where(self._partition_key.not_in(keys))
+        query: sa.Select[Any] = (
+            self._pending_query(exclude_keys)
+            .with_only_columns(*self._columns)
+            .order_by(self.table.c.seq)
+            .limit(limit)
+        )
+        if after_seq is not None:
+            query = query.where(self.table.c.seq > after_seq)
         with self._read() as conn:
-            rows = conn.execute(query, params).all()
+            rows = conn.execute(query).all()
         return [
             PendingEvent(
                 seq=r[0],
@@ -364,6 +350,22 @@ class OutboxStore:
             )
             for r in rows
         ]
+
+    def count_pending(self, upto_seq: int, exclude_keys: Collection[str] = frozenset()) -> int:
+        """Pending events with seq <= `upto_seq` (outside `exclude_keys`): compared with the
+        events in flight, it tells whether a lower seq became visible late."""
+        query = self._pending_query(exclude_keys).where(self.table.c.seq <= upto_seq)
+        with self._read() as conn:
+            return int(conn.execute(query.with_only_columns(sa.func.count())).scalar_one())
+
+    def _pending_query(self, exclude_keys: Collection[str]) -> sa.Select[Any]:
+        query = sa.select(self.table.c.seq).where(self._pending)
+        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
+        # never excluded by key; its row is parked instead.
+        keys = sorted(key for key in exclude_keys if key is not None)
+        if keys:
+            query = query.where(self._partition_key.not_in(keys))
+        return query
 
     def complete(self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
