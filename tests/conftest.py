@@ -5,7 +5,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import fresh_database
+from tests.support import RelayProcess, fresh_database
 
 DATABASES = ["postgresql", "mariadb", "sqlite"]
 
@@ -53,3 +53,12 @@ def kafka() -> Iterator[str]:
         yield broker.bootstrap_servers
     finally:
         broker.stop()
+
+
+@pytest.fixture
+def relays() -> Iterator[list[RelayProcess]]:
+    """`outbox relay` processes a test starts; each is killed at the end, whatever happened."""
+    started: list[RelayProcess] = []
+    yield started
+    for relay in started:
+        relay.kill()

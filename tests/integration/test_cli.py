@@ -9,7 +9,6 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -195,14 +194,6 @@ def test_purge_deletes_only_old_published_events(mariadb_url: str) -> None:
 
 
 # -- the relay process ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-def relays() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for relay in started:
-        relay.kill()
 
 
 def test_relay_publishes_and_stops_cleanly_on_sigterm(

@@ -85,14 +85,6 @@ def app(pg_url: str) -> Iterator[tuple[Outbox, sessionmaker[Session]]]:
     engine.dispose()
 
 
-@pytest.fixture
-def relays() -> Iterator[list[RelayProcess]]:
-    started: list[RelayProcess] = []
-    yield started
-    for relay in started:
-        relay.kill()
-
-
 def active_pid(store: OutboxStore) -> tuple[int, int] | None:
     """(pid, epoch) of the relay holding an unexpired lease."""
     holder = store.lease_holder()
