@@ -380,14 +380,14 @@ class Relay:
                 started = last_fetch = time.monotonic()
                 self._ensure_fresh_lease()
                 excluded = held | blocked if blocked else held
-                events = self.store.fetch_pending(config.batch_size, cursor, excluded)
+                if cursor is None:
+                    events = self.store.fetch_pending(config.batch_size, excluded)
+                    below = in_flight
+                else:
+                    events, below = self.store.fetch_after(cursor, config.batch_size, excluded)
                 exhausted = len(events) < config.batch_size
                 batches += 1
-                if (
-                    events
-                    and cursor is not None
-                    and self.store.count_pending(cursor, excluded) != in_flight
-                ):
+                if events and below != in_flight:
                     # A lower seq became visible late: its key's later events must not go
                     # first. Send nothing more; the next pass starts from the first row.
                     events, exhausted, batches = [], True, BATCHES_PER_PASS
@@ -416,10 +416,14 @@ class Relay:
                 if self._new_events_likely(last_fetch):
                     exhausted = False
                 continue
-            settled = inflight.popleft()
+            # The head batch, and the acknowledged ones behind it: marked together, one
+            # statement for several batches when the relay runs behind.
+            settled = [inflight.popleft()]
+            while inflight and inflight[0].delivery.done():
+                settled.append(inflight.popleft())
             marked, failure = self._settle(settled, blocked)
             # Marked events are gone; unmarked ones belong to blocked keys, left out by key.
-            in_flight -= len(settled.events)
+            in_flight -= sum(len(batch.events) for batch in settled)
             published += marked
             outage = outage or failure
         if outage is not None:
@@ -517,11 +521,12 @@ class Relay:
             except OutboxError as error:
                 logger.warning("closing the publisher: %s", error)
 
-    def _settle(self, batch: _InFlight, blocked: set[str]) -> tuple[int, PublishError | None]:
-        """Wait for a batch's acknowledgements, then mark what may be marked. Returns the
-        number marked and the outage that failed some of its sends, if any."""
+    def _settle(
+        self, batches: list[_InFlight], blocked: set[str]
+    ) -> tuple[int, PublishError | None]:
+        """Wait for the acknowledgements of `batches` (in send order), then mark what may be
+        marked. Returns the number marked and the outage that failed some sends, if any."""
         config = self.config
-        outcomes = self._await(batch.delivery)
         done: list[int] = []
         done_topics: dict[str, list[float]] = defaultdict(list)
         rejected: list[tuple[int, str]] = []
@@ -529,23 +534,25 @@ class Relay:
         unavailable: dict[str, int] = defaultdict(int)
         outage: PublishError | None = None
         now = time.time()
-        for event, message, outcome in zip(batch.events, batch.messages, outcomes, strict=True):
-            key = event.partition_key
-            if outcome is None:
-                # Landed, but an earlier event of its key failed: leave it, it goes again after.
-                if key not in blocked:
-                    done.append(event.seq)
-                    done_topics[message.topic].append(now - event.created_at.timestamp())
-                continue
-            if key in blocked:
-                continue  # a follower of the key's failed event: it waits, it is not at fault
-            blocked.add(key)
-            if outcome.retriable:
-                outage = outcome
-                unavailable[message.topic] += 1
-            else:
-                rejected.append((event.seq, f"{type(outcome).__name__}: {outcome}"))
-                rejected_topics[message.topic] += 1
+        for batch in batches:
+            outcomes = self._await(batch.delivery)
+            for event, message, outcome in zip(batch.events, batch.messages, outcomes, strict=True):
+                key = event.partition_key
+                if outcome is None:
+                    # Landed, but an earlier event of its key failed: leave it, it goes again.
+                    if key not in blocked:
+                        done.append(event.seq)
+                        done_topics[message.topic].append(now - event.created_at.timestamp())
+                    continue
+                if key in blocked:
+                    continue  # a follower of the key's failed event: it waits, not at fault
+                blocked.add(key)
+                if outcome.retriable:
+                    outage = outcome
+                    unavailable[message.topic] += 1
+                else:
+                    rejected.append((event.seq, f"{type(outcome).__name__}: {outcome}"))
+                    rejected_topics[message.topic] += 1
         lease = self._lease
         if lease is None:
             raise LeaseLostError("lease lost while publishing")
@@ -567,7 +574,9 @@ class Relay:
                 self._held = None
                 reason = f"rejected {config.max_attempts} times: {rejected[0][1]}"
                 self.observer.parked(next(iter(rejected_topics)), len(parked), reason)
-        self.observer.batch(len(batch.events), time.monotonic() - batch.started)
+        finished = time.monotonic()
+        for batch in batches:
+            self.observer.batch(len(batch.events), finished - batch.started)
         return len(done), outage
 
     # -- health and logs ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ database's clock. A relay that was paused past its lease therefore cannot mark a
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import select
@@ -156,6 +157,9 @@ class OutboxStore:
         self._pending = sa.and_(t.c.published_at.is_(None), t.c.parked_at.is_(None))
         self._seq_range = t.c.seq.between(sa.bindparam("seq_lo"), sa.bindparam("seq_hi"))
         self._seq_any: sa.ColumnElement[bool] | None = None
+        # Statements of the relay's hot path, built once (see _fetch_query).
+        self._fetch_queries: dict[tuple[int, bool], sa.Select[Any]] = {}
+        self._fenced_completions: dict[tuple[sa.ColumnElement[bool], bool], sa.Select[Any]] = {}
         if self.dialect == "postgresql":
             self._seq_any = t.c.seq == sa.any_(
                 sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger()))
@@ -250,23 +254,40 @@ class OutboxStore:
                 pass  # another relay created the row first
         return None
 
+    @functools.cached_property
+    def _renewal(self) -> sa.Update:
+        """The UPDATE that renews a lease if it is still ours (and unexpired), built once: the
+        relay runs it with every completion. Parameters: `_lease_params`."""
+        lt = self.lease_table
+        return (
+            sa.update(lt)
+            .where(
+                lt.c.name == sa.bindparam("lease_name"),
+                lt.c.owner == sa.bindparam("lease_owner"),
+                lt.c.epoch == sa.bindparam("lease_epoch"),
+                lt.c.expires_at > db_epoch(),
+            )
+            .values(
+                expires_at=db_epoch() + sa.bindparam("lease_ttl", type_=sa.Double()),
+                renewed_at=db_epoch(),
+            )
+        )
+
+    @staticmethod
+    def _lease_params(lease: Lease, ttl: float) -> dict[str, Any]:
+        return {
+            "lease_name": lease.name,
+            "lease_owner": lease.owner,
+            "lease_epoch": lease.epoch,
+            "lease_ttl": float(ttl),
+        }
+
     def _fence(self, conn: sa.Connection, lease: Lease, ttl: float) -> None:
         """Renew the lease inside `conn`'s transaction, or raise `LeaseLostError`.
 
         The row lock taken here also serializes this transaction against a takeover."""
-        lt = self.lease_table
-        renewed = conn.execute(
-            sa.update(lt)
-            .where(
-                lt.c.name == lease.name,
-                lt.c.owner == lease.owner,
-                lt.c.epoch == lease.epoch,
-                lt.c.expires_at > db_epoch(),
-            )
-            .values(expires_at=db_epoch() + ttl, renewed_at=db_epoch())
-        ).rowcount
-        if renewed != 1:
-            raise LeaseLostError(f"lease {lease.name!r} epoch {lease.epoch} is no longer ours")
+        if conn.execute(self._renewal, self._lease_params(lease, ttl)).rowcount != 1:
+            raise _lease_lost(lease)
 
     def renew(self, lease: Lease, ttl: float) -> None:
         """Extend the lease; raise `LeaseLostError` if it was lost."""
@@ -313,50 +334,56 @@ class OutboxStore:
             return frozenset(key for key in rows if key is not None)
 
     def fetch_pending(
-        self,
-        limit: int,
-        after_seq: int | None = None,
-        exclude_keys: Collection[str] = frozenset(),
+        self, limit: int, exclude_keys: Collection[str] = frozenset()
     ) -> list[PendingEvent]:
-        """Up to `limit` pending events in insert order, after `after_seq` if given, leaving out
-        events of `exclude_keys`. No row locks: only the lease holder reads to publish.
+        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`.
+        No row locks: only the lease holder reads to publish."""
+        with self._read() as conn:
+            rows = conn.execute(self._fetch_query(limit, exclude_keys, after=False)).all()
+        return [_pending_event(r) for r in rows]
+
+    def fetch_after(
+        self, after_seq: int, limit: int, exclude_keys: Collection[str] = frozenset()
+    ) -> tuple[list[PendingEvent], int]:
+        """Up to `limit` pending events after `after_seq`, and how many pending events have a
+        seq up to `after_seq`, both from one statement (one snapshot, one round trip).
 
         A read after a seq can miss a lower seq whose transaction committed late; the relay
-        checks with `count_pending` before it sends what such a read returned.
-        """
-        query: sa.Select[Any] = (
-            self._pending_query(exclude_keys)
+        compares the count with the events it has in flight before it sends what it read."""
+        query = self._fetch_query(limit, exclude_keys, after=True)
+        with self._read() as conn:
+            rows = conn.execute(query, {"after_seq": after_seq}).all()
+        return [_pending_event(r) for r in rows], rows[0][-1] if rows else 0
+
+    def _fetch_query(
+        self, limit: int, exclude_keys: Collection[str], *, after: bool
+    ) -> sa.Select[Any]:
+        """The read of pending events, with `after`: those after :after_seq plus the count of
+        those up to it. Built once per shape when no key is excluded (the usual case), so that
+        SQLAlchemy neither rebuilds it nor recomputes its cache key on the hot path."""
+        keys = tuple(sorted(key for key in exclude_keys if key is not None))
+        cached = self._fetch_queries.get((limit, after)) if not keys else None
+        if cached is not None:
+            return cached
+        t = self.table
+        query = (
+            self._pending_query(keys)
             .with_only_columns(*self._columns)
-            .order_by(self.table.c.seq)
+            .order_by(t.c.seq)
             .limit(limit)
         )
-        if after_seq is not None:
-            query = query.where(self.table.c.seq > after_seq)
-        with self._read() as conn:
-            rows = conn.execute(query).all()
-        return [
-            PendingEvent(
-                seq=r[0],
-                id=r[1],
-                aggregatetype=r[2],
-                aggregateid=r[3],
-                type=r[4],
-                payload=r[5],
-                topic=r[6],
-                key=r[7],
-                headers=r[8],
-                created_at=_utc(r[9]),
-                attempts=r[10],
+        if after:
+            after_seq = sa.bindparam("after_seq", type_=t.c.seq.type)
+            below = (
+                self._pending_query(keys)
+                .where(t.c.seq <= after_seq)
+                .with_only_columns(sa.func.count())
+                .scalar_subquery()
             )
-            for r in rows
-        ]
-
-    def count_pending(self, upto_seq: int, exclude_keys: Collection[str] = frozenset()) -> int:
-        """Pending events with seq <= `upto_seq` (outside `exclude_keys`): compared with the
-        events in flight, it tells whether a lower seq became visible late."""
-        query = self._pending_query(exclude_keys).where(self.table.c.seq <= upto_seq)
-        with self._read() as conn:
-            return int(conn.execute(query.with_only_columns(sa.func.count())).scalar_one())
+            query = query.where(t.c.seq > after_seq).add_columns(below)
+        if not keys:
+            self._fetch_queries[(limit, after)] = query
+        return query
 
     def _pending_query(self, exclude_keys: Collection[str]) -> sa.Select[Any]:
         query = sa.select(self.table.c.seq).where(self._pending)
@@ -371,14 +398,47 @@ class OutboxStore:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
         if not seqs:
             return
-        t = self.table
+        if self.dialect == "postgresql":
+            self._complete_in_one_statement(lease, ttl, seqs, retain)
+            return
         with self._write() as conn:
             self._fence(conn, lease, ttl)
             for where, params in self._seq_conditions(seqs):
                 if retain:
-                    conn.execute(sa.update(t).where(where).values(published_at=_now()), params)
-                else:
-                    conn.execute(sa.delete(t).where(where), params)
+                    params = {**params, "published_at": _now()}
+                conn.execute(self._completion(where, retain), params)
+
+    def _completion(self, where: sa.ColumnElement[bool], retain: bool) -> sa.Delete | sa.Update:
+        t = self.table
+        if retain:
+            return sa.update(t).where(where).values(published_at=sa.bindparam("published_at"))
+        return sa.delete(t).where(where)
+
+    def _complete_in_one_statement(
+        self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool
+    ) -> None:
+        """PostgreSQL: the fence and the delete as one autocommit statement, one round trip
+        instead of four (BEGIN, fence, delete, COMMIT) on the relay's hot path.
+
+        ``WITH fence AS (UPDATE lease ... RETURNING epoch), change AS (DELETE FROM outbox WHERE
+        ... AND EXISTS (SELECT FROM fence)) SELECT count(*) FROM fence``: PostgreSQL runs every
+        data-modifying CTE once, to completion, in one snapshot. The lease row's lock is held to
+        the statement's end, as it was to the transaction's end, and a takeover committed
+        meanwhile makes the UPDATE (re-checked on the new row version) match nothing, so
+        nothing is deleted and the count is 0."""
+        ((where, params),) = self._seq_conditions(seqs)  # one condition on PostgreSQL
+        statement = self._fenced_completions.get((where, retain))
+        if statement is None:
+            fence = self._renewal.returning(self.lease_table.c.epoch).cte("fence")
+            change = self._completion(sa.and_(where, sa.exists(sa.select(fence.c.epoch))), retain)
+            statement = sa.select(sa.func.count()).select_from(fence).add_cte(change.cte("change"))
+            self._fenced_completions[(where, retain)] = statement
+        params = {**params, **self._lease_params(lease, ttl)}
+        if retain:
+            params["published_at"] = _now()
+        with self._read() as conn:
+            if conn.execute(statement, params).scalar_one() != 1:
+                raise _lease_lost(lease)
 
     def _seq_conditions(
         self, seqs: Sequence[int]
@@ -638,6 +698,26 @@ class PostgresWaker(Waker):
     def close(self) -> None:
         super().close()
         self._close_conn()
+
+
+def _pending_event(r: Sequence[Any]) -> PendingEvent:
+    return PendingEvent(
+        seq=r[0],
+        id=r[1],
+        aggregatetype=r[2],
+        aggregateid=r[3],
+        type=r[4],
+        payload=r[5],
+        topic=r[6],
+        key=r[7],
+        headers=r[8],
+        created_at=_utc(r[9]),
+        attempts=r[10],
+    )
+
+
+def _lease_lost(lease: Lease) -> LeaseLostError:
+    return LeaseLostError(f"lease {lease.name!r} epoch {lease.epoch} is no longer ours")
 
 
 def _chunks(items: Sequence[int], size: int) -> Iterator[Sequence[int]]:
