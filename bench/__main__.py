@@ -5,8 +5,9 @@
     python -m bench --only producer one scenario (repeatable)
     python -m bench --json out.json also choose where the JSON goes
 
-Without ``--bootstrap-servers`` an embedded broker (Tansu) runs for the whole benchmark; note
-that it shares this machine's cores with the code being measured.
+Without ``--bootstrap-servers`` every scenario, and every subject of the latency scenario, runs
+on a fresh embedded broker (Tansu, in memory: it slows down as it fills); note that it shares
+this machine's cores with the code being measured.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import os
 import platform
 import sys
 import time
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,8 +31,6 @@ from bench.common import SCENARIOS, Context, as_json
 #: Modules whose import registers scenarios, in run order. Add yours here.
 SCENARIO_MODULES: tuple[str, ...] = (
     "bench.producer",
-    # Latency first: the embedded broker keeps every record in memory and slows down as the
-    # drains fill it.
     "bench.latency",
     "bench.write_path",
     "bench.drain",
@@ -114,25 +112,24 @@ def main(
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     console = Console(width=max(Console().width, 110))
     started = datetime.now(UTC)
-    with ExitStack() as stack:
-        if bootstrap_servers is None:
-            from outbox.embedded_broker import start_broker
+    # Without a broker given, each scenario starts its own embedded one (Context.fresh_broker).
+    broker_kind = "embedded Tansu" if bootstrap_servers is None else "external"
+    from tests.support import MYSQL_BASE, PG_BASE
 
-            broker = start_broker()
-            stack.callback(broker.stop)
-            bootstrap_servers = broker.bootstrap_servers
-            broker_kind = "embedded Tansu"
-        else:
-            broker_kind = "external"
-        from tests.support import MYSQL_BASE, PG_BASE
-
-        ctx = Context(bootstrap_servers, quick, PG_BASE, MYSQL_BASE)
-        for s in selected:
-            ctx.current = s.name
-            with console.status(f"{s.name}: {s.title}"):
-                began = time.perf_counter()
-                s.run(ctx)
-                ctx.fact("seconds", round(time.perf_counter() - began, 1))
+    ctx = Context(
+        bootstrap_servers or "",
+        quick,
+        PG_BASE,
+        MYSQL_BASE,
+        embedded_broker=broker_kind == "embedded Tansu",
+    )
+    for s in selected:
+        ctx.current = s.name
+        # Each scenario on an empty embedded broker: what one stored does not slow the next.
+        with console.status(f"{s.name}: {s.title}"), ctx.fresh_broker():
+            began = time.perf_counter()
+            s.run(ctx)
+            ctx.fact("seconds", round(time.perf_counter() - began, 1))
     console.print(table(ctx))
     meta = {
         "started_at": started.isoformat(),

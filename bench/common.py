@@ -70,6 +70,8 @@ class Context:
     quick: bool
     pg_url: str
     mariadb_url: str
+    #: True when the harness runs its own embedded broker (fresh ones can be started).
+    embedded_broker: bool = False
     figures: list[Figure] = field(default_factory=list)
     #: Free-form facts a scenario wants saved in the JSON (partition counts, settings...).
     facts: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -113,6 +115,24 @@ class Context:
             if f.scenario == self.current and f.name == name:
                 return f
         raise KeyError(f"no figure {name!r} in scenario {self.current!r} yet")
+
+    @contextmanager
+    def fresh_broker(self) -> Iterator[str]:
+        """Point `bootstrap_servers` at a new embedded broker for the block (an in-memory
+        broker slows down as it fills: every measurement gets an empty one); an external
+        broker is used as it is."""
+        if not self.embedded_broker:
+            yield self.bootstrap_servers
+            return
+        from outbox.embedded_broker import start_broker
+
+        broker = start_broker()
+        previous, self.bootstrap_servers = self.bootstrap_servers, broker.bootstrap_servers
+        try:
+            yield self.bootstrap_servers
+        finally:
+            self.bootstrap_servers = previous
+            broker.stop()
 
     @contextmanager
     def database(self, kind: str) -> Iterator[str]:

@@ -251,6 +251,25 @@ def test_a_relay_that_lost_its_lease_is_fenced(
         store.dispose()
 
 
+def test_a_read_after_a_seq_counts_the_pending_events_up_to_it(
+    db_url: str, table: sa.Table
+) -> None:
+    insert_rows(db_url, table, events(6, keys=3))  # keys k0 k1 k2 k0 k1 k2
+    store = OutboxStore.from_url(db_url)
+    try:
+        first = store.fetch_pending(10)
+        seqs = [e.seq for e in first]
+        assert len(seqs) == 6
+        after, below = store.fetch_after(seqs[2], 2)
+        assert [e.seq for e in after] == seqs[3:5] and below == 3
+        after, below = store.fetch_after(seqs[2], 10, exclude_keys={"k0"})
+        assert [e.seq for e in after] == [seqs[4], seqs[5]] and below == 2
+        # Nothing after the last seq: no rows, and no count is needed.
+        assert store.fetch_after(seqs[-1], 10) == ([], 0)
+    finally:
+        store.dispose()
+
+
 def test_missing_table_is_reported_with_the_command_to_run(db_url: str) -> None:
     from outbox.errors import TableMissingError
 
