@@ -1,0 +1,197 @@
+"""Where a relay's latency goes, stage by stage: `python -m bench.stages [--seconds N]`.
+
+A diagnostic, not a scenario: an application commits one event per transaction at 500 events/s
+on PostgreSQL (LISTEN/NOTIFY) while one relay runs in its own process, with its store and
+publisher wrapped to stamp each event: commit, read started and done, handed to the producer,
+acknowledged. No consumer runs, so the figures are the relay's own. Also prints the time the
+relay spent in each store call. The broker is a fresh embedded one unless `--bootstrap-servers`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import click
+
+RATE = 500
+
+
+def child(spec: dict[str, str]) -> None:
+    """The relay, instrumented; prints one JSON object when its standard input closes."""
+    import logging
+
+    from outbox import kafka, store
+    from outbox.config import RelayConfig
+    from outbox.relay import Relay
+
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    stamps: dict[str, dict[str, float]] = {}
+    calls: dict[str, list[float]] = {}
+
+    def stamp(event_id: str, stage: str, at: float) -> None:
+        stamps.setdefault(event_id, {})[stage] = at
+
+    def timed(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                calls.setdefault(name, []).append(time.time() - started)
+
+        return wrapper
+
+    def reads(fn: Any, pick: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            result = fn(*args, **kwargs)
+            done = time.time()
+            calls.setdefault(fn.__name__, []).append(done - started)
+            for event in pick(result):
+                stamp(str(event.id), "read_started", started)
+                stamp(str(event.id), "read_done", done)
+            return result
+
+        return wrapper
+
+    store_class: Any = store.OutboxStore
+    store_class.fetch_pending = reads(store_class.fetch_pending, lambda r: r)
+    store_class.fetch_after = reads(store_class.fetch_after, lambda r: r[0])
+    for name in ("complete", "renew", "record_rejections", "parked_keys", "status"):
+        setattr(store_class, name, timed(name, getattr(store_class, name)))
+
+    publisher_class: Any = kafka.KafkaPublisher
+    publish = publisher_class.publish
+
+    def stamped_publish(self: Any, messages: Any) -> Any:
+        handed = time.time()
+        delivery = publish(self, messages)
+        for message, future in zip(messages, delivery._futures, strict=True):
+            event_id = dict(message.headers)["event_id"].decode()
+            stamp(event_id, "handed", handed)
+            if future is not None:
+                future.add_both(lambda *_, e=event_id: stamp(e, "acked", time.time()))
+        return delivery
+
+    publisher_class.publish = stamped_publish
+    relay = Relay(RelayConfig(db_url=spec["db_url"], bootstrap_servers=spec["bootstrap"]))
+    thread = threading.Thread(target=relay.run, name="relay")
+    thread.start()
+    print("ready", flush=True)
+    sys.stdin.read()
+    relay.stop()
+    thread.join()
+    print(json.dumps({"stamps": stamps, "calls": calls}), flush=True)
+
+
+def _percentiles(values: list[float]) -> str:
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return f"p50 {q[49] * 1000:6.2f}   p90 {q[89] * 1000:6.2f}   p99 {q[98] * 1000:6.2f} ms"
+
+
+def measure(db_url: str, bootstrap: str, seconds: int) -> None:
+    from sqlalchemy.orm import sessionmaker
+
+    from outbox import Outbox
+    from tests.support import write_engine
+
+    engine = write_engine(db_url)
+    outbox = Outbox()
+    outbox.metadata.create_all(engine)
+    factory = sessionmaker(engine)
+    outbox.install(factory)
+    spec = json.dumps({"db_url": db_url, "bootstrap": bootstrap})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.stages", "--child", spec],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    proc.stdout.readline()
+    committed: dict[str, float] = {}
+    pad = "x" * 240
+
+    def commit(i: int) -> None:
+        with factory.begin() as session:
+            event = outbox.emit(
+                session,
+                "OrderPlaced",
+                {"seq": i, "pad": pad},
+                aggregate_type="order",
+                aggregate_id=f"order-{i % 1000}",
+                topic="bench-stages",
+            )
+        committed[str(event.id)] = time.time()
+
+    for i in range(100):  # warm-up: connections, the topic, the relay's first passes
+        commit(i)
+        time.sleep(1 / RATE)
+    time.sleep(1.0)
+    committed.clear()
+    started = time.perf_counter()
+    for i in range(RATE * seconds):
+        delay = started + i / RATE - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        commit(i)
+    time.sleep(2.0)
+    out, _ = proc.communicate("", timeout=60)
+    engine.dispose()
+    report = json.loads(out.splitlines()[-1])
+    stamps: dict[str, dict[str, float]] = report["stamps"]
+    seen = [k for k in committed if "handed" in stamps.get(k, {})]
+    click.echo(f"{len(committed)} events committed at {RATE}/s, {len(seen)} handed to Kafka")
+    stages = [
+        ("commit -> read started", None, "read_started"),
+        ("commit -> read done", None, "read_done"),
+        ("read done -> handed to producer", "read_done", "handed"),
+        ("commit -> handed to producer", None, "handed"),
+        ("handed -> acknowledged", "handed", "acked"),
+    ]
+    for title, start, end in stages:
+        values = [
+            stamps[k][end] - (committed[k] if start is None else stamps[k][start])
+            for k in seen
+            if end in stamps[k]
+        ]
+        click.echo(f"  {title:34} {_percentiles(values)}")
+    click.echo("relay store calls:")
+    for name, durations in sorted(report["calls"].items()):
+        mean_ms = statistics.mean(durations) * 1000
+        click.echo(f"  {name:18} {len(durations):6d} calls, mean {mean_ms:.2f} ms")
+
+
+@click.command()
+@click.option("--seconds", default=10, show_default=True, help="Length of the paced run.")
+@click.option("--bootstrap-servers", help="Use this broker instead of a fresh embedded one.")
+@click.option("--child", "child_spec", hidden=True)
+def main(seconds: int, bootstrap_servers: str | None, child_spec: str | None) -> None:
+    if child_spec is not None:
+        child(json.loads(child_spec))
+        return
+    from outbox.embedded_broker import start_broker
+    from tests.support import fresh_database
+
+    broker = start_broker() if bootstrap_servers is None else None
+    try:
+        servers = broker.bootstrap_servers if broker is not None else str(bootstrap_servers)
+        with tempfile.TemporaryDirectory() as tmp, fresh_database("postgresql", tmp) as url:
+            measure(url, servers, seconds)
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
