@@ -533,9 +533,9 @@ class Relay:
         rejected_topics: dict[str, int] = defaultdict(int)
         unavailable: dict[str, int] = defaultdict(int)
         outage: PublishError | None = None
-        now = time.time()
         for batch in batches:
             outcomes = self._await(batch.delivery)
+            now = time.time()
             for event, message, outcome in zip(batch.events, batch.messages, outcomes, strict=True):
                 key = event.partition_key
                 if outcome is None:

@@ -411,7 +411,8 @@ class OutboxStore:
     def _completion(self, where: sa.ColumnElement[bool], retain: bool) -> sa.Delete | sa.Update:
         t = self.table
         if retain:
-            return sa.update(t).where(where).values(published_at=sa.bindparam("published_at"))
+            stamp = sa.bindparam("published_at", type_=t.c.published_at.type)
+            return sa.update(t).where(where).values(published_at=stamp)
         return sa.delete(t).where(where)
 
     def _complete_in_one_statement(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -266,6 +267,32 @@ def test_a_read_after_a_seq_counts_the_pending_events_up_to_it(
         assert [e.seq for e in after] == [seqs[4], seqs[5]] and below == 2
         # Nothing after the last seq: no rows, and no count is needed.
         assert store.fetch_after(seqs[-1], 10) == ([], 0)
+    finally:
+        store.dispose()
+
+
+def test_completing_with_retention_stamps_the_rows_and_purge_removes_them(
+    db_url: str, table: sa.Table
+) -> None:
+    insert_rows(db_url, table, events(4))
+    store = OutboxStore.from_url(db_url)
+    try:
+        lease = store.try_acquire("retaining-relay", ttl=30)
+        assert lease is not None
+        pending = store.fetch_pending(10)
+        store.complete(lease, 30, [e.seq for e in pending[:3]], retain=True)
+        assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
+        assert count_rows(db_url, table) == 4
+        with store.engine.connect() as conn:
+            stamps = conn.execute(
+                sa.select(table.c.published_at).where(table.c.published_at.is_not(None))
+            ).scalars()
+            assert all(isinstance(stamp, datetime) for stamp in stamps)
+        # Stamped with the column's own type: a purge window longer than the rows' age keeps
+        # them, one in the future takes the three published rows and leaves the pending one.
+        assert store.purge(older_than=3600) == 0
+        assert store.purge(older_than=-60) == 3
+        assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
     finally:
         store.dispose()
 
