@@ -8,6 +8,8 @@ ratio. Peak memory is the relay process's VmHWM.
 
 from __future__ import annotations
 
+from typing import Any
+
 from bench import relayproc
 from bench.common import Context, scenario
 
@@ -20,25 +22,29 @@ def growth(ctx: Context) -> None:
     ctx.fact("sizes", sizes)
     ctx.fact("database", KIND)
     results = {n: relayproc.backlog_drain(ctx, KIND, n) for n in sizes}
-    base = f"{sizes[0]:,} pending: steady state"
-    ctx.record(base, [results[sizes[0]]["steady_rate"]], "events/s")
-    for n in sizes[1:]:
-        ctx.record(
-            f"{n:,} pending: steady state",
-            [results[n]["steady_rate"]],
-            "events/s",
-            baseline=base,
-            headline=n == sizes[-1],
-        )
+    _against_first(ctx, sizes, results, "steady state", "steady_rate", "events/s")
     for n in sizes:
         ctx.record(f"{n:,} pending: start to last ack", [results[n]["rate"]], "events/s")
-    first = f"{sizes[0]:,} pending: relay peak RSS"
-    ctx.record(first, [results[sizes[0]]["maxrss_mb"]], "MB")
+    _against_first(ctx, sizes, results, "relay peak RSS", "maxrss_mb", "MB")
+
+
+def _against_first(
+    ctx: Context,
+    sizes: list[int],
+    results: dict[int, dict[str, Any]],
+    label: str,
+    field: str,
+    unit: str,
+) -> None:
+    """Record `field` for every size, each later size against the first (the largest is the
+    headline)."""
+    base = f"{sizes[0]:,} pending: {label}"
+    ctx.record(base, [results[sizes[0]][field]], unit)
     for n in sizes[1:]:
         ctx.record(
-            f"{n:,} pending: relay peak RSS",
-            [results[n]["maxrss_mb"]],
-            "MB",
-            baseline=first,
+            f"{n:,} pending: {label}",
+            [results[n][field]],
+            unit,
+            baseline=base,
             headline=n == sizes[-1],
         )

@@ -70,7 +70,8 @@ def _drained(engine: sa.Engine, table: sa.Table, timeout: float) -> None:
         time.sleep(0.2)
 
 
-def _paced(count: int, action: Any) -> None:
+def paced(count: int, action: Any) -> None:
+    """Call `action(i)` for i in range(count) at `RATE` calls a second."""
     started = time.perf_counter()
     for i in range(count):
         delay = started + i / RATE - time.perf_counter()
@@ -116,7 +117,7 @@ def kafka_alone(ctx: Context, count: int) -> dict[str, list[float]]:
         )
 
     try:
-        _paced(count, send)
+        paced(count, send)
         producer.flush(30)
     finally:
         producer.close(5)
@@ -152,10 +153,10 @@ def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]
 
         try:
             # Warm up: connections, the relay's first pass, the consumer's first fetches.
-            _paced(50, commit)
+            paced(50, commit)
             time.sleep(1.0)
             committed.clear()
-            _paced(count, commit)
+            paced(count, commit)
             _drained(engine, outbox.table, 60)
             receiver.finish(2.0)
         finally:

@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-RATE = 500
+from bench.latency import RATE, paced
 
 
 def child(spec: dict[str, str]) -> None:
@@ -134,17 +134,10 @@ def measure(db_url: str, bootstrap: str, seconds: int) -> None:
             )
         committed[str(event.id)] = time.time()
 
-    for i in range(100):  # warm-up: connections, the topic, the relay's first passes
-        commit(i)
-        time.sleep(1 / RATE)
+    paced(100, commit)  # warm-up: connections, the topic, the relay's first passes
     time.sleep(1.0)
     committed.clear()
-    started = time.perf_counter()
-    for i in range(RATE * seconds):
-        delay = started + i / RATE - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        commit(i)
+    paced(RATE * seconds, commit)
     time.sleep(2.0)
     out, _ = proc.communicate("", timeout=60)
     engine.dispose()

@@ -361,6 +361,8 @@ class OutboxStore:
         """The read of pending events, with `after`: those after :after_seq plus the count of
         those up to it. Built once per shape when no key is excluded (the usual case), so that
         SQLAlchemy neither rebuilds it nor recomputes its cache key on the hot path."""
+        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
+        # never excluded by key; its row is parked instead.
         keys = tuple(sorted(key for key in exclude_keys if key is not None))
         cached = self._fetch_queries.get((limit, after)) if not keys else None
         if cached is not None:
@@ -385,11 +387,9 @@ class OutboxStore:
             self._fetch_queries[(limit, after)] = query
         return query
 
-    def _pending_query(self, exclude_keys: Collection[str]) -> sa.Select[Any]:
+    def _pending_query(self, keys: Sequence[str]) -> sa.Select[Any]:
+        """Pending events outside `keys` (already normalized by `_fetch_query`)."""
         query = sa.select(self.table.c.seq).where(self._pending)
-        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
-        # never excluded by key; its row is parked instead.
-        keys = sorted(key for key in exclude_keys if key is not None)
         if keys:
             query = query.where(self._partition_key.not_in(keys))
         return query
