@@ -69,6 +69,10 @@ BACKLOG_INTERVAL = 5.0
 PURGE_INTERVAL = 60.0
 #: Seconds to wait for a wake-up between checks of the head batch's acknowledgements.
 NEW_EVENTS_POLL = 0.001
+#: Seconds after its send before a trickle's acknowledged batch is marked: the batches
+#: acknowledged meanwhile are marked with it, one statement for several, and a commit that
+#: arrives meanwhile is read and sent at once instead of waiting behind the mark.
+SETTLE_DELAY = 0.01
 #: Seconds the set of keys held back by parked events is cached.
 HELD_KEYS_TTL = 5.0
 #: Seconds a batch's acknowledgements are awaited per slice (the stop flag is checked between).
@@ -408,12 +412,12 @@ class Relay:
                 and self._room(inflight)
                 and batches < BATCHES_PER_PASS
                 and not self._stop.is_set()
-                and time.monotonic() - head.started < WAIT_SLICE
-                and not head.delivery.done()
+                and (waited := time.monotonic() - head.started) < WAIT_SLICE
+                and (waited < SETTLE_DELAY or not head.delivery.done())
             ):
-                # While the head batch awaits its acknowledgements, watch for new commits (a
-                # NOTIFY, or the poll interval): they are read and sent without waiting.
-                if self._new_events_likely(last_fetch):
+                # Until the head batch is acknowledged and due to be marked, watch for new
+                # commits (a NOTIFY, or the poll interval): they are read and sent at once.
+                if self._new_events_likely(last_fetch, SETTLE_DELAY - waited):
                     exhausted = False
                 continue
             # The head batch, and the acknowledged ones behind it: marked together, one
@@ -439,9 +443,10 @@ class Relay:
             return False
         return sum(len(batch.events) for batch in inflight) < self.config.batch_size
 
-    def _new_events_likely(self, last_fetch: float) -> bool:
-        """Wait a moment for a wake-up; True when it is worth reading again."""
-        if self._waker is not None and self._waker.wait(NEW_EVENTS_POLL):
+    def _new_events_likely(self, last_fetch: float, until_due: float) -> bool:
+        """Wait for a wake-up, until the head batch is due to be marked (at least a moment);
+        True when it is worth reading again."""
+        if self._waker is not None and self._waker.wait(max(until_due, NEW_EVENTS_POLL)):
             return True
         return time.monotonic() - last_fetch >= self.config.poll_interval
 
