@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,21 +43,21 @@ def child(spec: dict[str, str]) -> None:
     def timed(name: str, fn: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.time()
+            started, cpu = time.time(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                calls.setdefault(name, []).append(time.time() - started)
+                calls.setdefault(name, []).append([time.time() - started, time.thread_time() - cpu])
 
         return wrapper
 
     def reads(fn: Any, pick: Any) -> Any:
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.time()
+            started, cpu = time.time(), time.thread_time()
             result = fn(*args, **kwargs)
             done = time.time()
-            calls.setdefault(fn.__name__, []).append(done - started)
+            calls.setdefault(fn.__name__, []).append([done - started, time.thread_time() - cpu])
             for event in pick(result):
                 stamp(str(event.id), "read_started", started)
                 stamp(str(event.id), "read_done", done)
@@ -88,10 +89,30 @@ def child(spec: dict[str, str]) -> None:
     thread = threading.Thread(target=relay.run, name="relay")
     thread.start()
     print("ready", flush=True)
-    sys.stdin.read()
+    sys.stdin.readline()  # the paced run starts: CPU is counted from here
+    started, before = time.monotonic(), _thread_cpu()
+    sys.stdin.readline()  # the paced run is over
+    elapsed, after = time.monotonic() - started, _thread_cpu()
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    sys.stdin.read()  # the last events were handed over
     relay.stop()
     thread.join()
-    print(json.dumps({"stamps": stamps, "calls": calls}), flush=True)
+    cpu = {
+        names.get(tid, str(tid)): round((after[tid] - before.get(tid, 0.0)) / elapsed, 3)
+        for tid in after
+    }
+    print(json.dumps({"stamps": stamps, "calls": calls, "cpu": cpu}), flush=True)
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds (user and system) of each thread of this process, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    seconds = {}
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        seconds[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+    return seconds
 
 
 def _percentiles(values: list[float]) -> str:
@@ -137,7 +158,12 @@ def measure(db_url: str, bootstrap: str, seconds: int) -> None:
     paced(100, commit)  # warm-up: connections, the topic, the relay's first passes
     time.sleep(1.0)
     committed.clear()
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
     paced(RATE * seconds, commit)
+    proc.stdin.write("done\n")
+    proc.stdin.flush()
     time.sleep(2.0)
     out, _ = proc.communicate("", timeout=60)
     engine.dispose()
@@ -159,10 +185,15 @@ def measure(db_url: str, bootstrap: str, seconds: int) -> None:
             if end in stamps[k]
         ]
         click.echo(f"  {title:34} {_percentiles(values)}")
-    click.echo("relay store calls:")
-    for name, durations in sorted(report["calls"].items()):
-        mean_ms = statistics.mean(durations) * 1000
-        click.echo(f"  {name:18} {len(durations):6d} calls, mean {mean_ms:.2f} ms")
+    click.echo("relay store calls (mean wall time, mean CPU time of the relay thread):")
+    for name, timings in sorted(report["calls"].items()):
+        wall = statistics.mean(t[0] for t in timings) * 1000
+        cpu = statistics.mean(t[1] for t in timings) * 1000
+        click.echo(f"  {name:18} {len(timings):6d} calls, {wall:.2f} ms, CPU {cpu:.2f} ms")
+    click.echo("relay process CPU during the paced run (share of one core, by thread):")
+    for name, share in sorted(report["cpu"].items(), key=lambda item: -item[1]):
+        if share >= 0.005:
+            click.echo(f"  {name:42} {share:6.0%}")
 
 
 @click.command()
