@@ -102,6 +102,8 @@ class _InFlight:
     messages: list[Message]
     delivery: Delivery
     started: float
+    #: Wall-clock time the relay saw every message acknowledged (None: not seen yet).
+    acked_at: float | None = None
 
 
 def default_publisher(config: RelayConfig) -> Publisher:
@@ -413,11 +415,14 @@ class Relay:
                 and batches < BATCHES_PER_PASS
                 and not self._stop.is_set()
                 and (waited := time.monotonic() - head.started) < WAIT_SLICE
-                and (waited < SETTLE_DELAY or not head.delivery.done())
+                and (_stamp_acks(inflight) is None or waited < SETTLE_DELAY)
             ):
                 # Until the head batch is acknowledged and due to be marked, watch for new
                 # commits (a NOTIFY, or the poll interval): they are read and sent at once.
-                if self._new_events_likely(last_fetch, SETTLE_DELAY - waited):
+                # Acknowledgements are looked for every moment (their time is the published
+                # delay), the mark waits for SETTLE_DELAY.
+                until_due = SETTLE_DELAY - waited if head.acked_at is not None else 0.0
+                if self._new_events_likely(last_fetch, until_due):
                     exhausted = False
                 continue
             # The head batch, and the acknowledged ones behind it: marked together, one
@@ -540,7 +545,7 @@ class Relay:
         outage: PublishError | None = None
         for batch in batches:
             outcomes = self._await(batch.delivery)
-            now = time.time()
+            now = batch.acked_at or time.time()
             for event, message, outcome in zip(batch.events, batch.messages, outcomes, strict=True):
                 key = event.partition_key
                 if outcome is None:
@@ -600,6 +605,17 @@ class Relay:
         if isinstance(error, PublishError):
             return f"waiting for the broker at {self.config.bootstrap_servers}: {error}"
         return f"waiting for the database {self.config.masked_db_url}: {_first_line(error)}"
+
+
+def _stamp_acks(inflight: deque[_InFlight]) -> float | None:
+    """Stamp the batches seen acknowledged, in send order up to the first one still waiting;
+    return the head batch's stamp (None while it waits)."""
+    for batch in inflight:
+        if batch.acked_at is None:
+            if not batch.delivery.done():
+                break
+            batch.acked_at = time.time()
+    return inflight[0].acked_at
 
 
 def _first_line(error: BaseException) -> str:
