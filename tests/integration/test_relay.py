@@ -26,6 +26,16 @@ def table(db_url: str) -> sa.Table:
 
 
 @pytest.fixture
+def store(db_url: str) -> Iterator[OutboxStore]:
+    """The relay's store on the test database, for tests of its statements."""
+    store = OutboxStore.from_url(db_url)
+    try:
+        yield store
+    finally:
+        store.dispose()
+
+
+@pytest.fixture
 def relays() -> Iterator[list[Relay]]:
     made: list[Relay] = []
     yield made
@@ -228,73 +238,61 @@ def test_only_the_lease_holder_publishes(db_url: str, table: sa.Table, relays: l
 
 
 def test_a_relay_that_lost_its_lease_is_fenced(
-    db_url: str, table: sa.Table, relays: list[Relay]
+    db_url: str, table: sa.Table, store: OutboxStore
 ) -> None:
     insert_rows(db_url, table, events(4))
-    store = OutboxStore.from_url(db_url)
-    try:
-        old = store.try_acquire("paused-relay", ttl=0.5)
-        assert old is not None
-        assert store.try_acquire("other", ttl=0.5) is None
-        time.sleep(0.8)  # the paused relay's lease expires (by the database's clock)
-        new = store.try_acquire("other", ttl=30)
-        assert new is not None and new.epoch == old.epoch + 1
+    old = store.try_acquire("paused-relay", ttl=0.5)
+    assert old is not None
+    assert store.try_acquire("other", ttl=0.5) is None
+    time.sleep(0.8)  # the paused relay's lease expires (by the database's clock)
+    new = store.try_acquire("other", ttl=30)
+    assert new is not None and new.epoch == old.epoch + 1
 
-        pending = store.fetch_pending(10)
-        with pytest.raises(LeaseLostError):
-            store.complete(old, 30, [e.seq for e in pending])
-        with pytest.raises(LeaseLostError):
-            store.renew(old, 30)
-        assert count_rows(db_url, table) == 4
-        store.complete(new, 30, [e.seq for e in pending])
-        assert count_rows(db_url, table) == 0
-    finally:
-        store.dispose()
+    pending = store.fetch_pending(10)
+    with pytest.raises(LeaseLostError):
+        store.complete(old, 30, [e.seq for e in pending])
+    with pytest.raises(LeaseLostError):
+        store.renew(old, 30)
+    assert count_rows(db_url, table) == 4
+    store.complete(new, 30, [e.seq for e in pending])
+    assert count_rows(db_url, table) == 0
 
 
 def test_a_read_after_a_seq_counts_the_pending_events_up_to_it(
-    db_url: str, table: sa.Table
+    db_url: str, table: sa.Table, store: OutboxStore
 ) -> None:
     insert_rows(db_url, table, events(6, keys=3))  # keys k0 k1 k2 k0 k1 k2
-    store = OutboxStore.from_url(db_url)
-    try:
-        first = store.fetch_pending(10)
-        seqs = [e.seq for e in first]
-        assert len(seqs) == 6
-        after, below = store.fetch_after(seqs[2], 2)
-        assert [e.seq for e in after] == seqs[3:5] and below == 3
-        after, below = store.fetch_after(seqs[2], 10, exclude_keys={"k0"})
-        assert [e.seq for e in after] == [seqs[4], seqs[5]] and below == 2
-        # Nothing after the last seq: no rows, and no count is needed.
-        assert store.fetch_after(seqs[-1], 10) == ([], 0)
-    finally:
-        store.dispose()
+    first = store.fetch_pending(10)
+    seqs = [e.seq for e in first]
+    assert len(seqs) == 6
+    after, below = store.fetch_after(seqs[2], 2)
+    assert [e.seq for e in after] == seqs[3:5] and below == 3
+    after, below = store.fetch_after(seqs[2], 10, exclude_keys={"k0"})
+    assert [e.seq for e in after] == [seqs[4], seqs[5]] and below == 2
+    # Nothing after the last seq: no rows, and no count is needed.
+    assert store.fetch_after(seqs[-1], 10) == ([], 0)
 
 
 def test_completing_with_retention_stamps_the_rows_and_purge_removes_them(
-    db_url: str, table: sa.Table
+    db_url: str, table: sa.Table, store: OutboxStore
 ) -> None:
     insert_rows(db_url, table, events(4))
-    store = OutboxStore.from_url(db_url)
-    try:
-        lease = store.try_acquire("retaining-relay", ttl=30)
-        assert lease is not None
-        pending = store.fetch_pending(10)
-        store.complete(lease, 30, [e.seq for e in pending[:3]], retain=True)
-        assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
-        assert count_rows(db_url, table) == 4
-        with store.engine.connect() as conn:
-            stamps = conn.execute(
-                sa.select(table.c.published_at).where(table.c.published_at.is_not(None))
-            ).scalars()
-            assert all(isinstance(stamp, datetime) for stamp in stamps)
-        # Stamped with the column's own type: a purge window longer than the rows' age keeps
-        # them, one in the future takes the three published rows and leaves the pending one.
-        assert store.purge(older_than=3600) == 0
-        assert store.purge(older_than=-60) == 3
-        assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
-    finally:
-        store.dispose()
+    lease = store.try_acquire("retaining-relay", ttl=30)
+    assert lease is not None
+    pending = store.fetch_pending(10)
+    store.complete(lease, 30, [e.seq for e in pending[:3]], retain=True)
+    assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
+    assert count_rows(db_url, table) == 4
+    with store.engine.connect() as conn:
+        stamps = conn.execute(
+            sa.select(table.c.published_at).where(table.c.published_at.is_not(None))
+        ).scalars()
+        assert all(isinstance(stamp, datetime) for stamp in stamps)
+    # Stamped with the column's own type: a purge window longer than the rows' age keeps
+    # them, one in the future takes the three published rows and leaves the pending one.
+    assert store.purge(older_than=3600) == 0
+    assert store.purge(older_than=-60) == 3
+    assert [e.seq for e in store.fetch_pending(10)] == [pending[3].seq]
 
 
 def test_missing_table_is_reported_with_the_command_to_run(db_url: str) -> None:
