@@ -768,23 +768,17 @@ class Outbox:
                 budget += sizes[end]
                 end += 1
             try:
-                if end - start == 1 and notify:
-                    # The common case on PostgreSQL, in one round trip: a cached statement
+                if end - start == 1:
+                    # One row, the common case: a statement built once, so that SQLAlchemy's
+                    # compiled cache serves it (a multi-row VALUES clause is compiled every
+                    # time). With `notify`, the relays' NOTIFY rides in the same round trip:
                     # `WITH i AS (INSERT ...) SELECT pg_notify(...)`.
-                    row = rows[start]
-                    connection.execute(
-                        self._notifying_insert,
-                        {f"p_{name}": (None if v is sa.null() else v) for name, v in row.items()},
-                    )
+                    statement = self._notifying_insert if notify else self._one_row_insert
+                    values = {
+                        f"p_{k}": (None if v is sa.null() else v) for k, v in rows[start].items()
+                    }
+                    connection.execute(statement, values)
                     notify = False
-                elif end - start == 1:
-                    # One row (the common case) as parameters of a plain INSERT, whose compiled
-                    # form SQLAlchemy caches; a multi-row VALUES clause is compiled every time.
-                    # A NULL headers column is left out: a JSON parameter None would store 'null'.
-                    row = rows[start]
-                    if row["headers"] is sa.null():
-                        row = {name: value for name, value in row.items() if name != "headers"}
-                    connection.execute(self.table.insert(), row)
                 else:
                     connection.execute(self.table.insert().values(rows[start:end]))
             except DBAPIError as exc:
@@ -796,20 +790,26 @@ class Outbox:
             connection.execute(sa.select(sa.func.pg_notify(self.notify_channel, "")))
 
     @functools.cached_property
-    def _notifying_insert(self) -> sa.Select[Any]:
-        """One row's INSERT and the relays' NOTIFY as one statement (PostgreSQL); built once so
-        that SQLAlchemy's compiled cache serves it."""
+    def _one_row_insert(self) -> sa.Insert:
+        """One row's INSERT with a parameter per column, built once so that SQLAlchemy's
+        compiled cache serves it."""
         table = self.table
-        values = {
-            name: sa.bindparam(
-                f"p_{name}",
-                # none_as_null: a NULL headers column, not the JSON value 'null'.
-                type_=sa.JSON(none_as_null=True) if name == "headers" else table.c[name].type,
-            )
-            for name in _INSERTED_COLUMNS
-        }
-        insert = table.insert().values(values).cte("outbox_insert")
+        return table.insert().values(
+            {
+                name: sa.bindparam(
+                    f"p_{name}",
+                    # none_as_null: a NULL headers column, not the JSON value 'null'.
+                    type_=sa.JSON(none_as_null=True) if name == "headers" else table.c[name].type,
+                )
+                for name in _INSERTED_COLUMNS
+            }
+        )
+
+    @functools.cached_property
+    def _notifying_insert(self) -> sa.Select[Any]:
+        """`_one_row_insert` and the relays' NOTIFY as one statement (PostgreSQL)."""
         channel = sa.literal(self.notify_channel)
+        insert = self._one_row_insert.cte("outbox_insert")
         return sa.select(sa.func.pg_notify(channel, sa.literal(""))).add_cte(insert)
 
     def _record_entity_event(self, session: Session, draft: _Draft) -> None:

@@ -260,6 +260,15 @@ def test_row_contents(world: World) -> None:
         b"",
     )
     assert (first.attempts, first.published_at, first.parked_at) == (0, None, None)
+    # A transaction's only event takes the one-row statement: no headers are SQL NULL there
+    # too, not the JSON value 'null'.
+    with world.maker() as session:
+        world.outbox.emit(session, "Alone", {"a": 2}, aggregate_type="order", aggregate_id="44")
+        session.commit()
+    table = world.outbox.table
+    with world.engine.connect() as conn:
+        no_headers = sa.select(table.c.type).where(table.c.headers.is_(None)).order_by("seq")
+        assert conn.execute(no_headers).scalars().all() == ["Bare", "Alone"]
     # Stored in UTC; SQLite and MariaDB return naive values.
     created = first.created_at.replace(tzinfo=first.created_at.tzinfo or dt.UTC)
     assert created == full.created_at
