@@ -390,7 +390,9 @@ class Relay:
                     events = self.store.fetch_pending(config.batch_size, excluded)
                     below = in_flight
                 else:
-                    events, below = self.store.fetch_after(cursor, config.batch_size, excluded)
+                    events, below = self.store.fetch_after(
+                        cursor, config.batch_size, excluded, count_limit=in_flight + 1
+                    )
                 exhausted = len(events) < config.batch_size
                 batches += 1
                 if events and below != in_flight:

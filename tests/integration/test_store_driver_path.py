@@ -46,7 +46,9 @@ def test_the_driver_path_reads_what_sqlalchemy_reads(pg_url: str) -> None:
         assert pending[0].payload == b'{"total": 12.5}' and pending[0].created_at == created
         assert pending[0].headers == {"traceparent": "00-abc-def-01"}
         assert isinstance(pending[0].id, uuid.UUID)
-        assert fast.fetch_after(pending[0].seq, 10) == slow.fetch_after(pending[0].seq, 10)
+        after = fast.fetch_after(pending[0].seq, 10, count_limit=5)
+        assert after == slow.fetch_after(pending[0].seq, 10, count_limit=5)
+        assert after[1] == 1 and [e.seq for e in after[0]] == [e.seq for e in pending[1:]]
         # Completion: the fence and the delete from the driver's cursor, by range and by list.
         lease = fast.try_acquire("driver-path", ttl=30)
         assert lease is not None
@@ -103,3 +105,36 @@ def _terminate(url: str, pid: int) -> None:
             conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
     finally:
         admin.dispose()
+
+
+def test_the_read_after_the_cursor_never_scans_the_whole_table(pg_url: str) -> None:
+    """Its count of the pending events up to the cursor stops at its limit. Uncapped, with
+    statistics that see most rows below the cursor (a backlog), PostgreSQL planned it as a
+    scan of the whole table on every read: a drain that slowed down as the table grew."""
+    table = create_outbox_tables(pg_url)
+    engine = sa.create_engine(pg_url, poolclass=sa.NullPool)
+    store = OutboxStore.from_url(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    f"INSERT INTO {table.name} (id, aggregatetype, aggregateid, type, payload,"
+                    " created_at) SELECT gen_random_uuid(), 'order', 'k' || (g % 100), 'E',"
+                    " '\\x00'::bytea, now() FROM generate_series(1, 50000) AS g"
+                )
+            )
+            conn.execute(sa.text(f"ANALYZE {table.name}"))
+        query = store._fetch_query(1000, (), after=True)
+        compiled = query.compile(dialect=engine.dialect)
+        values = compiled.construct_params({"after_seq": 49000, "count_limit": 1001})
+        raw = engine.raw_connection()
+        try:
+            with raw.cursor() as cursor:
+                cursor.execute("EXPLAIN " + compiled.string, values)
+                plan = "\n".join(row[0] for row in cursor.fetchall())
+        finally:
+            raw.close()
+        assert "Seq Scan" not in plan, plan
+    finally:
+        store.dispose()
+        engine.dispose()
