@@ -38,6 +38,8 @@ from outbox.table import build_lease_table, build_outbox_table, notify_channel
 logger = logging.getLogger("outbox.store")
 
 LEASE_NAME = "relay"
+#: `fetch_after`'s default count limit: no limit.
+COUNT_ALL = 2**31 - 1
 
 
 class db_epoch(FunctionElement[float]):
@@ -382,11 +384,11 @@ class OutboxStore:
         limit: int,
         exclude_keys: Collection[str] = frozenset(),
         *,
-        count_limit: int,
+        count_limit: int = COUNT_ALL,
     ) -> tuple[list[PendingEvent], int]:
         """Up to `limit` pending events after `after_seq`, and how many pending events have a
-        seq up to `after_seq` (counted up to `count_limit`), both from one statement (one
-        snapshot, one round trip).
+        seq up to `after_seq` (counted up to `count_limit`; by default all), both from one
+        statement (one snapshot, one round trip).
 
         A read after a seq can miss a lower seq whose transaction committed late; the relay
         compares the count with the events it has in flight before it sends what it read, so it

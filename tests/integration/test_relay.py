@@ -265,14 +265,14 @@ def test_a_read_after_a_seq_counts_the_pending_events_up_to_it(
     first = store.fetch_pending(10)
     seqs = [e.seq for e in first]
     assert len(seqs) == 6
-    after, below = store.fetch_after(seqs[2], 2, count_limit=10)
+    after, below = store.fetch_after(seqs[2], 2)
     assert [e.seq for e in after] == seqs[3:5] and below == 3
-    after, below = store.fetch_after(seqs[2], 10, exclude_keys={"k0"}, count_limit=10)
+    after, below = store.fetch_after(seqs[2], 10, exclude_keys={"k0"})
     assert [e.seq for e in after] == [seqs[4], seqs[5]] and below == 2
+    # Nothing after the last seq: no rows, and no count is needed.
+    assert store.fetch_after(seqs[-1], 10) == ([], 0)
     # The count stops at its limit: one more than the relay has in flight is all it needs.
     assert store.fetch_after(seqs[2], 2, count_limit=2)[1] == 2
-    # Nothing after the last seq: no rows, and no count is needed.
-    assert store.fetch_after(seqs[-1], 10, count_limit=10) == ([], 0)
 
 
 def test_completing_with_retention_stamps_the_rows_and_purge_removes_them(
