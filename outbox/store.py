@@ -27,9 +27,6 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from outbox._driver import DriverStatement, compile_for_driver
-from outbox._driver import execute as driver_execute
-from outbox._driver import supported as driver_supported
 from outbox.config import mask_url, parse_db_url
 from outbox.errors import ConfigurationError, LeaseLostError, TableMissingError
 from outbox.records import ParkedEvent, PendingEvent, Status
@@ -166,8 +163,10 @@ class OutboxStore:
         self._fetch_queries: dict[tuple[int, bool], sa.Select[Any]] = {}
         self._fenced_completions: dict[tuple[sa.ColumnElement[bool], bool], sa.Select[Any]] = {}
         # Hot-path statements compiled for psycopg 3, with their parameters' converters; see _rows.
-        self._compiled: dict[sa.Select[Any], DriverStatement] | None = (
-            {} if driver_supported(engine.dialect) else None
+        self._compiled: dict[sa.Select[Any], tuple[sa.Compiled, dict[str, Any]]] | None = (
+            {}
+            if engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
+            else None
         )
         if self.dialect == "postgresql":
             self._seq_any = t.c.seq == sa.any_(
@@ -205,29 +204,65 @@ class OutboxStore:
 
     def _hot(self, statement: sa.Select[Any]) -> sa.Select[Any]:
         """Register a statement the relay runs for every batch (built once, kept): on psycopg 3
-        it is compiled now and run on the driver's cursor by `_rows` (see `outbox._driver`)."""
-        if self._compiled is not None:
-            compiled = compile_for_driver(statement, self.engine.dialect)
-            if compiled is not None:
-                self._compiled[statement] = compiled
+        it is compiled now and run on the driver's cursor by `_rows`, unless its rows need
+        SQLAlchemy's conversion (none of the outbox's column types do on psycopg 3)."""
+        if self._compiled is None:
+            return statement
+        dialect = self.engine.dialect
+        if any(
+            c.type.dialect_impl(dialect).result_processor(dialect, None)
+            for c in statement.selected_columns
+        ):
+            return statement
+        compiled = statement.compile(dialect=dialect)
+        converters = {
+            name: convert
+            for name, bind in compiled.binds.items()
+            if (convert := bind.type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        }
+        self._compiled[statement] = (compiled, converters)
         return statement
 
     def _rows(self, statement: sa.Select[Any], values: dict[str, Any]) -> Sequence[Sequence[Any]]:
         """The rows of a statement run outside any transaction (PostgreSQL: autocommit).
 
         A `_hot` statement on psycopg 3 runs on the driver's own cursor: SQLAlchemy's work per
-        execution was the relay's largest cost at a low event rate."""
+        execution (about 0.3 ms of CPU here, several times the database's) was the relay's
+        largest cost at a low event rate. The driver's errors are raised as SQLAlchemy's."""
         hot = self._compiled.get(statement) if self._compiled is not None else None
         if hot is None:
             with self._read() as conn:
                 return conn.execute(statement, values).all()
+        compiled, converters = hot
+        dialect = self.engine.dialect
+        sql, params = compiled.string, dict(compiled.construct_params(values) or {})
+        for name, convert in converters.items():
+            params[name] = convert(params[name])
         raw = self.engine.raw_connection()
+        driver: Any = raw.driver_connection
         try:
-            return driver_execute(raw.driver_connection, hot, values, autocommit=True)
+            driver.autocommit = True  # one statement: no BEGIN/COMMIT round trips
+            with driver.cursor() as cursor:
+                cursor.execute(sql, params)
+                rows: Sequence[Sequence[Any]] = cursor.fetchall()
+            driver.autocommit = False  # back to the pool as SQLAlchemy expects it
+            return rows
         except BaseException as error:
+            failed = isinstance(error, dialect.loaded_dbapi.Error)
+            # Asked before the invalidation below closes the connection.
+            broken = failed and dialect.is_disconnect(error, driver, None)  # type: ignore[arg-type]
             # Never back to the pool in autocommit, nor in an unknown state.
             raw.invalidate(error if isinstance(error, Exception) else None)
-            raise
+            if not failed:
+                raise
+            raise exc.DBAPIError.instance(
+                sql,
+                params,
+                error,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=broken,
+                dialect=dialect,
+            ) from error
         finally:
             raw.close()
 

@@ -1,6 +1,6 @@
-"""The relay's hot-path statements on psycopg 3 run on the driver's cursor (store._rows, through
-outbox._driver): same rows as through SQLAlchemy, SQLAlchemy's errors, and a pool left as
-SQLAlchemy expects it."""
+"""The relay's hot-path statements on PostgreSQL. On psycopg 3 they run on the driver's cursor
+(store._rows): same rows as through SQLAlchemy, SQLAlchemy's errors, and a pool left as
+SQLAlchemy expects it. And their plans stay off whole-table scans."""
 
 from __future__ import annotations
 
@@ -89,22 +89,18 @@ def test_a_dropped_connection_is_a_transient_error_and_the_next_read_reconnects(
         assert store.fetch_pending(10) == []  # leaves one connection in the pool
         with store.engine.connect() as conn:
             own = conn.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
-        _terminate(pg_url, own)
+        admin = sa.create_engine(pg_url, poolclass=sa.NullPool)
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": own})
+        finally:
+            admin.dispose()
         with pytest.raises(sa.exc.DBAPIError) as raised:
             store.fetch_pending(10)
         assert raised.value.connection_invalidated and is_transient_db_error(raised.value)
         assert store.fetch_pending(10) == []
     finally:
         store.dispose()
-
-
-def _terminate(url: str, pid: int) -> None:
-    admin = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-    finally:
-        admin.dispose()
 
 
 def test_the_read_after_the_cursor_never_scans_the_whole_table(pg_url: str) -> None:

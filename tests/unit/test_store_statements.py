@@ -25,12 +25,12 @@ def test_the_hot_statements_run_on_psycopg3s_cursor_with_only_the_seq_list_conve
     ]
     assert store._compiled is not None and set(store._compiled) == set(hot)
     for statement in hot:
-        hot = store._compiled[statement]
-        assert '"app".orders_outbox' in hot.sql or "app.orders_outbox" in hot.sql
+        compiled, converters = store._compiled[statement]
+        assert '"app".orders_outbox' in compiled.string or "app.orders_outbox" in compiled.string
         # The seq list (an ARRAY) is the one parameter SQLAlchemy would touch, and it is passed
         # through unchanged; no other parameter or column needs converting on this driver.
-        assert set(hot.converters) <= {"seqs"}
-        for convert in hot.converters.values():
+        assert set(converters) <= {"seqs"}
+        for convert in converters.values():
             assert convert([3, 1, 2]) == [3, 1, 2]
 
 
