@@ -35,10 +35,17 @@ def child(spec: dict[str, str]) -> None:
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     stamps: dict[str, dict[str, float]] = {}
-    calls: dict[str, list[float]] = {}
+    # Per store call: [wall seconds, CPU seconds of the calling thread].
+    calls: dict[str, list[list[float]]] = {}
 
     def stamp(event_id: str, stage: str, at: float) -> None:
         stamps.setdefault(event_id, {})[stage] = at
+
+    def clocked(name: str, started: float, cpu: float) -> float:
+        """Record a call that began at (`started`, `cpu`); return when it ended."""
+        done = time.time()
+        calls.setdefault(name, []).append([done - started, time.thread_time() - cpu])
+        return done
 
     def timed(name: str, fn: Any) -> Any:
         @functools.wraps(fn)
@@ -47,7 +54,7 @@ def child(spec: dict[str, str]) -> None:
             try:
                 return fn(*args, **kwargs)
             finally:
-                calls.setdefault(name, []).append([time.time() - started, time.thread_time() - cpu])
+                clocked(name, started, cpu)
 
         return wrapper
 
@@ -56,8 +63,7 @@ def child(spec: dict[str, str]) -> None:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             started, cpu = time.time(), time.thread_time()
             result = fn(*args, **kwargs)
-            done = time.time()
-            calls.setdefault(fn.__name__, []).append([done - started, time.thread_time() - cpu])
+            done = clocked(fn.__name__, started, cpu)
             for event in pick(result):
                 stamp(str(event.id), "read_started", started)
                 stamp(str(event.id), "read_done", done)
