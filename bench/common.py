@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from outbox.publisher import Message
+from outbox.relay.publisher import Message
 
 T = TypeVar("T")
 
@@ -124,7 +124,7 @@ class Context:
         if not self.embedded_broker:
             yield self.bootstrap_servers
             return
-        from outbox.embedded_broker import start_broker
+        from outbox.demo.broker import start_broker
 
         broker = start_broker()
         previous, self.bootstrap_servers = self.bootstrap_servers, broker.bootstrap_servers

@@ -27,8 +27,8 @@ from sqlalchemy.orm import sessionmaker
 from bench import relayproc
 from bench.common import Context, scenario, unique
 from bench.outboxdb import payload_text
-from outbox.app import Outbox
 from outbox.kafka import DEFAULT_PRODUCER_SETTINGS
+from outbox.write.outbox import Outbox
 from tests.support import write_engine
 
 DATABASES = ("postgresql", "mariadb", "sqlite")

@@ -16,7 +16,7 @@ from kafka import KafkaProducer
 
 from bench.common import Context, interleaved, make_events, scenario, unique
 from outbox.kafka import DEFAULT_PRODUCER_SETTINGS, KafkaPublisher
-from outbox.publisher import Message
+from outbox.relay.publisher import Message
 
 #: The relay's default batch size (RelayConfig.batch_size).
 RELAY_BATCH = 1000

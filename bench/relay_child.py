@@ -19,8 +19,8 @@ import time
 from collections.abc import Sequence
 
 from outbox.config import RelayConfig
-from outbox.observer import RelayObserver
 from outbox.relay import Relay
+from outbox.relay.observer import RelayObserver
 
 
 class Counter(RelayObserver):

@@ -210,7 +210,7 @@ def main(seconds: int, bootstrap_servers: str | None, child_spec: str | None) ->
     if child_spec is not None:
         child(json.loads(child_spec))
         return
-    from outbox.embedded_broker import start_broker
+    from outbox.demo.broker import start_broker
     from tests.support import fresh_database
 
     broker = start_broker() if bootstrap_servers is None else None

@@ -16,7 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from bench.common import Context, interleaved, scenario
 from bench.outboxdb import payload_text
-from outbox.app import Outbox
+from outbox.write.outbox import Outbox
 from tests.support import write_engine
 
 DATABASES = ("postgresql", "mariadb", "sqlite")

@@ -5,7 +5,7 @@ Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
 Autogenerate writes literal table names: replace them with `target.table`, `target.lease_table`
-and `schema=target.schema`, and write types out in full (never import them from outbox.table).
+and `schema=target.schema`, and write types out in full (never import them from outbox.schema.tables).
 """
 
 from __future__ import annotations

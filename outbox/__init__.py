@@ -4,9 +4,7 @@ Write side: `Outbox` records events in the application's own transaction. Relay:
 `outbox.relay.Relay` (or the `outbox relay` command) publishes them through a `Publisher`.
 """
 
-from outbox.app import CaptureBypassedWarning, Outbox, fix_sqlite_transactions
 from outbox.config import RelayConfig
-from outbox.entity import EventSource
 from outbox.errors import (
     BrokerUnavailableError,
     ConfigurationError,
@@ -18,9 +16,11 @@ from outbox.errors import (
     PublishError,
     TableMissingError,
 )
-from outbox.event import Event
-from outbox.publisher import Delivery, InMemoryPublisher, Message, Publisher
-from outbox.records import ParkedEvent, PendingEvent, Status
+from outbox.relay.publisher import Delivery, InMemoryPublisher, Message, Publisher
+from outbox.relay.records import ParkedEvent, PendingEvent, Status
+from outbox.write.entity import EventSource
+from outbox.write.event import Event
+from outbox.write.outbox import CaptureBypassedWarning, Outbox, fix_sqlite_transactions
 
 __all__ = [
     "BrokerUnavailableError",

@@ -46,7 +46,7 @@ def kafka() -> Iterator[str]:
     if given:
         yield given
         return
-    from outbox.embedded_broker import start_broker
+    from outbox.demo.broker import start_broker
 
     broker = start_broker()
     try:

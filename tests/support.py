@@ -138,7 +138,7 @@ def consume(
 
 def create_outbox_tables(url: str, table: str = "outbox", schema: str | None = None) -> sa.Table:
     """Create the outbox and lease tables straight from the model; returns the outbox table."""
-    from outbox.table import build_lease_table, build_outbox_table
+    from outbox.schema.tables import build_lease_table, build_outbox_table
 
     metadata = sa.MetaData()
     outbox_table = build_outbox_table(metadata, table, schema)
@@ -188,7 +188,7 @@ def count_rows(url: str, table: sa.Table) -> int:
 
 def write_engine(url: str) -> sa.Engine:
     """An engine for the write-side tests; SQLite gets the documented savepoint fix."""
-    from outbox.app import fix_sqlite_transactions
+    from outbox.write.outbox import fix_sqlite_transactions
 
     engine = sa.create_engine(url)
     if engine.dialect.name == "sqlite":

@@ -1,5 +1,5 @@
-"""The package's Alembic environment, used by `outbox migrate` (`outbox.migrate.upgrade`)."""
+"""The package's Alembic environment, used by `outbox migrate` (`outbox.schema.migrate.upgrade`)."""
 
-from outbox.migrate import run_env
+from outbox.schema.migrate import run_env
 
 run_env()

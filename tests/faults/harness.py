@@ -17,8 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbox.app import Outbox
-from outbox.embedded_broker import EmbeddedBroker, free_port, start_broker
+from outbox.demo.broker import EmbeddedBroker, free_port, start_broker
+from outbox.write.outbox import Outbox
 from tests.faults.checker import Delivery, Ledger
 from tests.faults.proxy import TcpProxy
 from tests.support import RelayProcess

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from outbox.embedded_broker import free_port
+from outbox.demo.broker import free_port
 from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,

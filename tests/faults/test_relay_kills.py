@@ -8,7 +8,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from outbox.table import build_lease_table
+from outbox.schema.tables import build_lease_table
 from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,

@@ -8,11 +8,11 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from outbox.app import Outbox
 from outbox.config import RelayConfig, mask_url
-from outbox.embedded_broker import free_port
+from outbox.demo.broker import free_port
 from outbox.errors import ConfigurationError
 from outbox.kafka import producer_settings
+from outbox.write.outbox import Outbox
 from tests.faults.checker import Ledger, assert_exact, check
 from tests.faults.harness import FAST, read_back, unique_topic, wait_until
 from tests.faults.test_startup import assert_one_line_error, run_relay

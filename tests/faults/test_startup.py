@@ -10,7 +10,7 @@ import time
 import pytest
 import sqlalchemy as sa
 
-from outbox.embedded_broker import free_port
+from outbox.demo.broker import free_port
 from tests.faults.checker import Ledger, assert_exact, check, report
 from tests.faults.harness import (
     FAST,

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from outbox.embedded_broker import free_port, start_broker
+from outbox.demo.broker import free_port, start_broker
 from tests.support import (
     MYSQL_BASE,
     OUTBOX,

@@ -10,7 +10,7 @@ from sqlalchemy.orm import sessionmaker
 
 from outbox import InMemoryPublisher, Outbox, RelayConfig
 from outbox.relay import Relay
-from outbox.store import OutboxStore
+from outbox.relay.store import OutboxStore
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from outbox.errors import ConfigurationError
-from outbox.health import HealthServer, probe
+from outbox.ops.health import HealthServer, probe
 
 
 class State:

@@ -12,10 +12,10 @@ from collections.abc import Iterator
 import pytest
 
 from outbox import kafka as outbox_kafka
-from outbox.embedded_broker import free_port, start_broker
+from outbox.demo.broker import free_port, start_broker
 from outbox.errors import BrokerUnavailableError, EventRejectedError
 from outbox.kafka import KafkaPublisher
-from outbox.publisher import Delivery, Message, Publisher
+from outbox.relay.publisher import Delivery, Message, Publisher
 from tests.support import consume
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from outbox import Outbox
-from outbox.embedded_broker import free_port
-from outbox.event import Event
+from outbox.demo.broker import free_port
+from outbox.write.event import Event
 from tests.support import Received, RelayProcess, consume
 
 pytestmark = pytest.mark.integration

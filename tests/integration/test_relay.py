@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from outbox.config import RelayConfig
 from outbox.errors import BrokerUnavailableError, LeaseLostError, PublishError
-from outbox.publisher import InMemoryPublisher, Message, reject
 from outbox.relay import Relay
-from outbox.store import OutboxStore
+from outbox.relay.publisher import InMemoryPublisher, Message, reject
+from outbox.relay.store import OutboxStore
 from tests.support import count_rows, create_outbox_tables, insert_rows
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbox.app import Outbox
-from outbox.store import OutboxStore
+from outbox.relay.store import OutboxStore
+from outbox.write.outbox import Outbox
 from tests.support import Received, RelayProcess, consume
 
 pytestmark = pytest.mark.integration

@@ -12,9 +12,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from outbox.app import Outbox
 from outbox.config import RelayConfig
 from outbox.relay import Relay
+from outbox.write.outbox import Outbox
 from tests.support import consume, count_rows
 
 pytestmark = pytest.mark.integration
@@ -54,7 +54,7 @@ def app(db_url: str) -> Iterator[tuple[Outbox, sessionmaker[Session]]]:
     outbox = Outbox()
     engine = sa.create_engine(db_url)
     if engine.dialect.name == "sqlite":
-        from outbox.app import fix_sqlite_transactions
+        from outbox.write.outbox import fix_sqlite_transactions
 
         fix_sqlite_transactions(engine)
     outbox.metadata.create_all(engine)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from outbox.store import OutboxStore, is_transient_db_error
+from outbox.relay.store import OutboxStore, is_transient_db_error
 from tests.support import create_outbox_tables, insert_rows
 
 pytestmark = pytest.mark.integration

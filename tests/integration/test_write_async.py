@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from outbox.app import Outbox, fix_sqlite_transactions
-from outbox.entity import EventSource
 from outbox.errors import TableMissingError
+from outbox.write.entity import EventSource
+from outbox.write.outbox import Outbox, fix_sqlite_transactions
 from tests.support import async_url
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from outbox.app import CaptureBypassedWarning, Outbox
-from outbox.entity import EventSource
 from outbox.errors import ConfigurationError, TableMissingError
+from outbox.write.entity import EventSource
+from outbox.write.outbox import CaptureBypassedWarning, Outbox
 from tests.support import write_engine
 
 pytestmark = pytest.mark.integration

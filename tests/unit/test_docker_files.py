@@ -21,7 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from outbox.config import ENV_PREFIX, PRODUCER_ENV_PREFIX, RelayConfig
-from outbox.metrics import PrometheusObserver
+from outbox.ops.metrics import PrometheusObserver
 
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 OUR_IMAGE = "sqlalchemy-outbox:local"

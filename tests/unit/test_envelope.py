@@ -13,10 +13,10 @@ from cloudevents.core.bindings import kafka as ce_kafka
 from cloudevents.core.formats.json import JSONFormat
 
 from outbox.config import RelayConfig
-from outbox.envelope import make_encoder, rfc3339
 from outbox.errors import PayloadError
-from outbox.publisher import Message
-from outbox.records import PendingEvent
+from outbox.relay.envelope import make_encoder, rfc3339
+from outbox.relay.publisher import Message
+from outbox.relay.records import PendingEvent
 
 EVENT_ID = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057")
 CREATED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from outbox.errors import ConfigurationError
-from outbox.logs import LoggingObserver, configure_logging, mask_text
-from outbox.observer import RelayObserver
+from outbox.ops.logs import LoggingObserver, configure_logging, mask_text
+from outbox.relay.observer import RelayObserver
 
 SECRET = "s3cr3t"
 

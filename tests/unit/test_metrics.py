@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from outbox.errors import ConfigurationError
-from outbox.metrics import METRIC_NAMES, PrometheusObserver
-from outbox.observer import RelayObserver
+from outbox.ops.metrics import METRIC_NAMES, PrometheusObserver
+from outbox.relay.observer import RelayObserver
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

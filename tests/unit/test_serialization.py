@@ -16,7 +16,7 @@ import pydantic
 import pytest
 
 from outbox.errors import PayloadError
-from outbox.serialization import dumps_json, serialize_headers, serialize_payload
+from outbox.write.serialization import dumps_json, serialize_headers, serialize_payload
 
 pytestmark = pytest.mark.unit
 
@@ -162,8 +162,8 @@ def test_pydantic_and_opentelemetry_are_never_imported_by_the_write_side() -> No
     code = (
         "import sys, sqlalchemy as sa\n"
         "from sqlalchemy.orm import sessionmaker\n"
-        "from outbox.app import Outbox\n"
-        "from outbox.entity import EventSource\n"
+        "from outbox.write.outbox import Outbox\n"
+        "from outbox.write.entity import EventSource\n"
         "outbox = Outbox(); maker = sessionmaker(); outbox.install(maker)\n"
         "event = outbox.emit(maker(), 'E', {'a': 1}, aggregate_type='t', aggregate_id=1)\n"
         "assert event.headers == {}, event.headers\n"

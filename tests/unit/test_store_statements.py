@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-from outbox.store import OutboxStore
+from outbox.relay.store import OutboxStore
 
 
 def store_for(url: str) -> OutboxStore:

@@ -14,9 +14,9 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from outbox.app import Outbox, fix_sqlite_transactions
-from outbox.entity import EventSource
 from outbox.errors import ConfigurationError, NotInstalledError, PayloadError
+from outbox.write.entity import EventSource
+from outbox.write.outbox import Outbox, fix_sqlite_transactions
 
 pytestmark = pytest.mark.unit
 

@@ -4,8 +4,8 @@ Revision ID: outbox_0001
 Revises:
 Create Date: 2025-11-26
 
-Frozen copy of `outbox.table` at the time of writing: later code changes need a new revision.
-The table name and schema come from `outbox.migrate.current_target()` (options, `-x` or env).
+Frozen copy of `outbox.schema.tables` at the time of writing: later changes need a new revision.
+The table name and schema come from `outbox.schema.migrate.current_target()` (options, `-x` or env).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
-from outbox.migrate import current_target
+from outbox.schema.migrate import current_target
 
 revision: str = "outbox_0001"
 down_revision: str | Sequence[str] | None = None

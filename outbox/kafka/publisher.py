@@ -21,7 +21,7 @@ from outbox.errors import (
     EventRejectedError,
     PublishError,
 )
-from outbox.publisher import Delivery, Message, ResolvedDelivery
+from outbox.relay.publisher import Delivery, Message, ResolvedDelivery
 
 with warnings.catch_warnings():
     # kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API,

@@ -32,10 +32,10 @@ from outbox.errors import ConfigurationError, OutboxError
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
-    from outbox.health import HealthServer
-    from outbox.records import ParkedEvent, Status
+    from outbox.ops.health import HealthServer
     from outbox.relay import Relay
-    from outbox.store import OutboxStore
+    from outbox.relay.records import ParkedEvent, Status
+    from outbox.relay.store import OutboxStore
 
 logger = logging.getLogger("outbox.cli")
 
@@ -116,7 +116,7 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
 @contextmanager
 def open_store(db_url: str, table: str, schema: str | None) -> Iterator[OutboxStore]:
     """The outbox table's store, checked to exist (else `TableMissingError`), disposed after."""
-    from outbox.store import OutboxStore
+    from outbox.relay.store import OutboxStore
 
     store = OutboxStore.from_url(db_url, table, schema)
     try:
@@ -166,7 +166,7 @@ def migrate(db_url: str, table: str, schema: str | None, sql: bool) -> None:
     Applications that run Alembic themselves can instead add outbox's revisions to their
     version_locations and run `alembic upgrade heads`.
     """
-    from outbox.migrate import upgrade
+    from outbox.schema.migrate import upgrade
 
     upgrade(db_url, table=table, schema=schema, sql=sql)
 
@@ -346,16 +346,16 @@ def relay(log_level: str, producer_config: dict[str, Any], **options: Any) -> No
     SIGTERM or SIGINT finishes the batch in flight, flushes and exits 0 (a second signal
     exits at once).
     """
-    from outbox.logs import LoggingObserver, configure_logging
-    from outbox.observer import CompositeObserver, RelayObserver
+    from outbox.ops.logs import LoggingObserver, configure_logging
     from outbox.relay import Relay
+    from outbox.relay.observer import CompositeObserver, RelayObserver
 
     config = RelayConfig.from_env(**options, producer_config=producer_config)
     configure_logging(config.log_format, log_level)
     observers: list[RelayObserver] = [LoggingObserver()]
     render_metrics = None
     if config.metrics_port is not None:
-        from outbox.metrics import PrometheusObserver
+        from outbox.ops.metrics import PrometheusObserver
 
         prometheus = PrometheusObserver()
         observers.append(prometheus)
@@ -375,7 +375,7 @@ def relay(log_level: str, producer_config: dict[str, Any], **options: Any) -> No
 
 def _run_until_stopped(the_relay: Relay) -> None:
     from outbox.errors import BrokerUnavailableError
-    from outbox.store import is_transient_db_error
+    from outbox.relay.store import is_transient_db_error
 
     try:
         the_relay.run()
@@ -391,7 +391,7 @@ def _run_until_stopped(the_relay: Relay) -> None:
 def _start_servers(
     the_relay: Relay, config: RelayConfig, metrics: Callable[[], tuple[bytes, str]] | None
 ) -> list[HealthServer]:
-    from outbox.health import HealthServer
+    from outbox.ops.health import HealthServer
 
     servers: list[HealthServer] = []
     try:
@@ -730,7 +730,7 @@ def purge(db_url: str, table: str, schema: str | None, older_than: float, batch_
 def healthcheck(port: int, host: str, timeout: float) -> None:
     """Exit 0 if the relay's /healthz answers 200, else 1. For Docker's HEALTHCHECK (slim
     images have no curl)."""
-    from outbox.health import probe
+    from outbox.ops.health import probe
 
     host = f"[{host}]" if ":" in host and not host.startswith("[") else host
     sys.exit(probe(f"http://{host}:{port}/healthz", timeout))
@@ -775,7 +775,7 @@ def demo(events: int, bootstrap_servers: str | None, db_url: str | None, writers
     every committed event arrived (lost 0) and no rolled-back one did (phantom 0); the exit
     code is 0 only then.
     """
-    from outbox.demo import run_demo
+    from outbox.demo.runner import run_demo
 
     result = run_demo(
         events=events,
@@ -792,7 +792,7 @@ def demo(events: int, bootstrap_servers: str | None, db_url: str | None, writers
 
 
 def _database_error(exc: DBAPIError) -> str:
-    from outbox.logs import mask_text
+    from outbox.ops.logs import mask_text
 
     text = str(exc.orig if exc.orig is not None else exc).strip()
     first = text.splitlines()[0] if text else type(exc).__name__

@@ -79,18 +79,18 @@ from sqlalchemy.orm.attributes import flag_dirty
 
 from outbox._uuid7 import uuid7
 from outbox.errors import ConfigurationError, NotInstalledError, TableMissingError
-from outbox.event import Event
-from outbox.serialization import (
-    DEFAULT_MAX_PAYLOAD_BYTES,
-    serialize_headers,
-    serialize_payload,
-)
-from outbox.table import (
+from outbox.schema.tables import (
     NAME_LENGTH,
     TOPIC_LENGTH,
     build_lease_table,
     build_outbox_table,
     notify_channel,
+)
+from outbox.write.event import Event
+from outbox.write.serialization import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    serialize_headers,
+    serialize_payload,
 )
 
 if TYPE_CHECKING:

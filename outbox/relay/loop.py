@@ -1,5 +1,5 @@
 """The relay loop: read pending events, publish them, mark them, in order, with one active relay
-per table. It contains no SQL (see `outbox.store`) and does not import kafka-python (see
+per table. It contains no SQL (see `outbox.relay.store`) and does not import kafka-python (see
 `outbox.kafka`).
 
 Design
@@ -40,18 +40,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from outbox.config import RelayConfig
-from outbox.envelope import make_encoder
 from outbox.errors import (
     BrokerUnavailableError,
     LeaseLostError,
     OutboxError,
     PublishError,
 )
-from outbox.observer import RelayObserver
-from outbox.publisher import Delivery, Message, Publisher
-from outbox.records import PendingEvent
+from outbox.relay.envelope import make_encoder
+from outbox.relay.observer import RelayObserver
+from outbox.relay.publisher import Delivery, Message, Publisher
+from outbox.relay.records import PendingEvent
+from outbox.relay.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
 from outbox.retry import retry_transient
-from outbox.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
 
 logger = logging.getLogger("outbox.relay")
 

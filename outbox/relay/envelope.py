@@ -32,8 +32,8 @@ from typing import Any
 
 from outbox.config import RelayConfig
 from outbox.errors import ConfigurationError, PayloadError
-from outbox.publisher import Message
-from outbox.records import PendingEvent
+from outbox.relay.publisher import Message
+from outbox.relay.records import PendingEvent
 
 Encoder = Callable[[PendingEvent], Message]
 Headers = list[tuple[str, bytes]]

@@ -1,6 +1,6 @@
 """`outbox demo`: the whole flow on one machine, checked end to end.
 
-An example application (`outbox.example_app`) places orders from several threads; each order's
+An example application (`outbox.demo.example_app`) places orders from several threads; each order's
 transaction also writes its ``OrderPlaced`` event, and one order in ten is rolled back after its
 rows were flushed. A relay publishes the outbox to Kafka (an embedded Tansu broker unless one is
 given) and a consumer reads the topic back. The summary uses the terms of a queue checker:
@@ -30,9 +30,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from outbox.config import RelayConfig, mask_url
+from outbox.demo.example_app import ExampleApp, Order, committed_count
 from outbox.errors import OutboxError
-from outbox.example_app import ExampleApp, Order, committed_count
-from outbox.observer import RelayObserver
+from outbox.relay.observer import RelayObserver
 
 #: Give up when nothing new arrived for this long after the writers finished.
 STALL_SECONDS = 30.0
@@ -206,7 +206,7 @@ def run_demo(
         else:
             console.print(f"database   {mask_url(db_url)}")
         if bootstrap_servers is None:
-            from outbox.embedded_broker import start_broker
+            from outbox.demo.broker import start_broker
 
             with console.status("starting the embedded Kafka broker (Tansu)"):
                 broker = start_broker()
@@ -216,7 +216,7 @@ def run_demo(
         else:
             console.print(f"broker     {bootstrap_servers}")
 
-        from outbox.migrate import upgrade
+        from outbox.schema.migrate import upgrade
 
         upgrade(db_url)
         app = ExampleApp(db_url)
@@ -352,7 +352,7 @@ def run_demo(
 def _log_to(console: Console) -> Callable[[], None]:
     """Show warnings (an unreachable broker, a parked event) above the live display; return
     the function that removes the handler again."""
-    from outbox.logs import MaskPasswordsFilter
+    from outbox.ops.logs import MaskPasswordsFilter
 
     handler = RichHandler(console=console, show_path=False, rich_tracebacks=False)
     handler.addFilter(MaskPasswordsFilter())

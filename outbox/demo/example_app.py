@@ -4,7 +4,7 @@ Placing an order inserts an ``example_orders`` row and records an ``OrderPlaced`
 same transaction; some orders are declined and rolled back, and their events vanish with them.
 `outbox demo` drives it from several threads; ``docker/compose.yaml`` runs it standalone::
 
-    python -m outbox.example_app --db-url URL --rate 5
+    python -m outbox.demo.example_app --db-url URL --rate 5
 
 The outbox tables must exist first (``outbox migrate``); the app creates its own table.
 """
@@ -28,11 +28,11 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from outbox.app import Outbox, fix_sqlite_transactions
 from outbox.config import mask_url, parse_db_url
-from outbox.entity import EventSource
+from outbox.write.entity import EventSource
+from outbox.write.outbox import Outbox, fix_sqlite_transactions
 
-logger = logging.getLogger("outbox.example_app")
+logger = logging.getLogger("outbox.demo.example_app")
 
 #: One order in this many is declined by the "payment provider" and rolled back.
 DECLINE_EVERY = 10

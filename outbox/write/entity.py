@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from outbox.app import record_entity_event
+from outbox.write.outbox import record_entity_event
 
 
 class EventSource:

@@ -29,10 +29,10 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from outbox.config import mask_url, parse_db_url
 from outbox.errors import ConfigurationError, LeaseLostError, TableMissingError
-from outbox.records import ParkedEvent, PendingEvent, Status
-from outbox.table import build_lease_table, build_outbox_table, notify_channel
+from outbox.relay.records import ParkedEvent, PendingEvent, Status
+from outbox.schema.tables import build_lease_table, build_outbox_table, notify_channel
 
-logger = logging.getLogger("outbox.store")
+logger = logging.getLogger("outbox.relay.store")
 
 LEASE_NAME = "relay"
 #: `fetch_after`'s default count limit: no limit.

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from outbox.errors import ConfigurationError
-from outbox.observer import RelayObserver
+from outbox.relay.observer import RelayObserver
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry

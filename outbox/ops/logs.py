@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 
 from outbox.config import mask_url
 from outbox.errors import ConfigurationError
-from outbox.observer import RelayObserver
+from outbox.relay.observer import RelayObserver
 
 LogFormat = Literal["text", "json"]
 

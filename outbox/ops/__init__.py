@@ -1,0 +1,1 @@
+"""Operating a relay: health endpoints, Prometheus metrics, logging."""

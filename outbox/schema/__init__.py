@@ -1,0 +1,1 @@
+"""The tables' single source of truth (`tables`) and the Alembic runner (`migrate`)."""
