@@ -29,9 +29,9 @@ def child(spec: dict[str, str]) -> None:
     """The relay, instrumented; prints one JSON object when its standard input closes."""
     import logging
 
-    from outbox import kafka, store
+    from outbox import kafka
     from outbox.config import RelayConfig
-    from outbox.relay import Relay
+    from outbox.relay import Relay, store
 
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     stamps: dict[str, dict[str, float]] = {}

@@ -204,7 +204,7 @@ def example_app(db_url: str, rate: float, count: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    from outbox.cli import run_command
+    from outbox.ops.entrypoint import run_command
 
     return run_command(example_app, argv, "example_app")
 

@@ -105,9 +105,8 @@ class _Consumer(threading.Thread):
             self.error = error
 
     def _consume(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        import outbox.kafka  # noqa: F401  (imports kafka-python without its import warning)
+        # kafka-python's names come from the one module that imports it (and its warnings).
+        from outbox.kafka._client import KafkaConsumer, TopicPartition
 
         consumer = KafkaConsumer(
             bootstrap_servers=self.bootstrap_servers,

@@ -1,237 +1,28 @@
-"""The Kafka `Publisher`: the only module that imports kafka-python.
+"""The Kafka `Publisher`: one kafka-python producer behind the relay's `Publisher` contract.
 
-kafka-python's exceptions are translated here, at the boundary, into `BrokerUnavailableError`
-(transient: try again later) or `EventRejectedError` (permanent for that one message).
+A `KafkaDelivery` is one `publish` call's futures; the publisher replaces its producer when a
+failure leaves kafka-python's idempotent producer unusable. kafka-python itself is imported in
+`outbox.kafka._client`; its exceptions are translated in `outbox.kafka.outcomes`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import threading
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from outbox.errors import (
-    BrokerUnavailableError,
-    ConfigurationError,
-    EventRejectedError,
-    PublishError,
-)
+import outbox.kafka._client as _client
+from outbox.errors import BrokerUnavailableError, ConfigurationError, PublishError
+from outbox.kafka._client import KafkaProducer, kafka_errors
+from outbox.kafka.outcomes import translate
+from outbox.kafka.partitioner import CachedHashPartitioner
+from outbox.kafka.settings import producer_settings
 from outbox.relay.publisher import Delivery, Message, ResolvedDelivery
 
-with warnings.catch_warnings():
-    # kafka-python 3.0 loads its protocol schemas through importlib.resources' legacy API,
-    # which warns on import: keep that out of applications that run with -W error.
-    warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
-    import kafka.errors as kafka_errors
-    from kafka import KafkaProducer
-    from kafka.partitioner import DefaultPartitioner, Partitioner
-    from kafka.partitioner.default import murmur2
-
 log = logging.getLogger("outbox.kafka")
-
-#: Producer settings chosen for an outbox relay; every one can be overridden by `producer_config`.
-DEFAULT_PRODUCER_SETTINGS: Mapping[str, Any] = {
-    # A row is deleted once acknowledged, so the ack must mean "stored by every in-sync replica".
-    "acks": "all",
-    # Passed explicitly: kafka-python then raises on a conflicting acks/retries setting instead
-    # of silently turning idempotence (no duplicates from the producer's own retries) off.
-    "enable_idempotence": True,
-    # No linger: an idle relay sends a new event at once (latency); under load batches still
-    # form while the sender thread is busy.
-    "linger_ms": 0,
-    # send() blocks for metadata or buffer space; an outage must not stall the relay for the
-    # library's default of 60 s, so the failure surfaces as a retriable outcome quickly.
-    "max_block_ms": 5000,
-    # One produce request waits at most this long for the broker's answer before a retry.
-    "request_timeout_ms": 10000,
-    # Upper bound on retries of one record: the library's 2 minutes, so that an outage of a
-    # minute or so ends with kafka-python resending by itself the moment the broker is back
-    # (an expired batch leaves kafka-python 3.0's idempotent producer unusable; see _failed).
-    "delivery_timeout_ms": 120000,
-    # Reconnect within a second of the broker coming back (library default: backoff up to 30 s).
-    "reconnect_backoff_max_ms": 1000,
-    # Building the publisher against an unreachable broker fails in seconds, not 30 s.
-    "bootstrap_timeout_ms": 5000,
-    # The relay reports its own metrics; kafka-python's sensors cost its network thread about
-    # a tenth of its CPU per request, and nothing reads them.
-    "metrics_enabled": False,
-}
-
-# Idempotence requires these; an explicit conflicting value is refused at construction.
-_IDEMPOTENT_ACKS = ("all", -1, "-1")
-
-# Non-retriable errors about one record: sending that record again cannot succeed.
-_REJECTED = tuple(
-    getattr(kafka_errors, name)
-    for name in (
-        "MessageSizeTooLargeError",
-        "RecordListTooLargeError",
-        "InvalidTopicError",
-        "TopicAuthorizationFailedError",
-        "InvalidRecordError",
-        "InvalidTimestampError",
-        "PolicyViolationError",
-    )
-    if hasattr(kafka_errors, name)
-)
-
-# Non-retriable errors about the producer, its session or its credentials, not about the event:
-# a new producer (or fixed settings) can send the very same record, so it must not be parked.
-_PRODUCER_FAILED = tuple(
-    getattr(kafka_errors, name)
-    for name in (
-        "IllegalStateError",
-        "KafkaConfigurationError",
-        "ClusterAuthorizationFailedError",
-        "TransactionalIdAuthorizationFailedError",
-        "SaslAuthenticationFailedError",
-        "ProducerFencedError",
-        "OutOfOrderSequenceNumberError",
-        "UnknownProducerIdError",
-        "InvalidProducerEpochError",
-        "InvalidTxnStateError",
-        "TransactionAbortedError",
-        "DuplicateSequenceNumberError",
-        "UnsupportedVersionError",
-        "UnsupportedForMessageFormatError",
-        "UnsupportedCompressionTypeError",
-        "InvalidRequiredAcksError",
-        "NoBrokersAvailable",  # kafka-python 2.x
-    )
-    if hasattr(kafka_errors, name)
-)
-
-
-class CachedHashPartitioner(Partitioner):  # type: ignore[misc]
-    """kafka-python's default partitioner (murmur2 of the key, like the Java client), remembering
-    the hashes of recent keys: murmur2 is pure Python here and costs more than the rest of
-    `send`, while an outbox's keys (aggregate ids) recur. Same partition for every key."""
-
-    def __init__(self, limit: int = 65536) -> None:
-        self._limit = limit
-        self._hashes: dict[bytes, int] = {}
-        self._default = DefaultPartitioner()
-
-    def partition(
-        self,
-        topic: str,
-        key: Any,
-        serialized_key: bytes | None,
-        value: Any,
-        serialized_value: bytes | None,
-        cluster: Any,
-    ) -> int:
-        partitions = cluster.partitions_for_topic(topic) if serialized_key is not None else None
-        if not partitions:  # no key, or an unknown topic: the default's behaviour and errors
-            result: int = self._default.partition(
-                topic, key, serialized_key, value, serialized_value, cluster
-            )
-            return result
-        hashes = self._hashes
-        h = hashes.get(serialized_key)  # type: ignore[arg-type]
-        if h is None:
-            if len(hashes) >= self._limit:
-                hashes.clear()
-            h = hashes[serialized_key] = murmur2(serialized_key) & 0x7FFFFFFF  # type: ignore[index]
-        ordered = sorted(partitions)
-        return int(ordered[h % len(ordered)])
-
-
-def _typed(name: str, value: Any) -> Any:
-    """A setting given as text (environment, ``-X``) converted to the type of kafka-python's
-    default for it. Text settings (passwords, file names, mechanisms) stay exactly as given."""
-    default = KafkaProducer.DEFAULT_CONFIG.get(name)
-    if not isinstance(value, str) or default is None or isinstance(default, str):
-        return value
-    text = value.strip()
-    if isinstance(default, bool):
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-        raise ConfigurationError(f"producer setting {name}={value!r} is not a boolean")
-    if isinstance(default, int | float):
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-    return value  # e.g. acks="all": kafka-python validates it
-
-
-def producer_settings(
-    bootstrap_servers: str,
-    producer_config: Mapping[str, Any] | None = None,
-    client_id: str | None = None,
-) -> dict[str, Any]:
-    """The exact keyword arguments given to `KafkaProducer`.
-
-    Defaults first, then `client_id`, then the user's `producer_config` unchanged (it wins).
-    Raises `ConfigurationError` for unknown setting names and for settings that conflict with
-    idempotence while it is on.
-    """
-    if not bootstrap_servers or not bootstrap_servers.strip():
-        raise ConfigurationError("bootstrap servers must not be empty")
-    user = {name: _typed(name, value) for name, value in (producer_config or {}).items()}
-    known = set(KafkaProducer.DEFAULT_CONFIG) | set(
-        getattr(KafkaProducer, "DEPRECATED_CONFIGS", ())
-    )
-    known.discard("bootstrap_servers")
-    unknown = sorted(name for name in user if name not in known)
-    if unknown:
-        raise ConfigurationError(
-            f"unknown kafka-python producer setting(s): {', '.join(unknown)}"
-            + (" (bootstrap servers are given separately)" if "bootstrap_servers" in user else "")
-        )
-    settings: dict[str, Any] = {"bootstrap_servers": bootstrap_servers, **DEFAULT_PRODUCER_SETTINGS}
-    if client_id is not None:
-        settings["client_id"] = client_id
-    settings.update(user)
-    if settings.get("enable_idempotence"):
-        conflicts = []
-        if "acks" in user and user["acks"] not in _IDEMPOTENT_ACKS:
-            conflicts.append(f"acks={user['acks']!r}")
-        if "retries" in user and user["retries"] == 0:
-            conflicts.append("retries=0")
-        if user.get("max_in_flight_requests_per_connection", 0) > 5:
-            conflicts.append(
-                "max_in_flight_requests_per_connection="
-                f"{user['max_in_flight_requests_per_connection']}"
-            )
-        if conflicts:
-            raise ConfigurationError(
-                f"producer setting {', '.join(conflicts)} conflicts with enable_idempotence=True "
-                "(needs acks='all', retries > 0, at most 5 in flight); "
-                "set enable_idempotence=False explicitly to accept duplicates"
-            )
-    return settings
-
-
-def translate(exc: BaseException) -> PublishError:
-    """kafka-python's (or a send argument's) exception as this package's outcome."""
-    if isinstance(exc, PublishError):
-        return exc
-    if isinstance(exc, _REJECTED):
-        return EventRejectedError(f"rejected by Kafka: {exc}")
-    if isinstance(exc, _PRODUCER_FAILED):
-        return BrokerUnavailableError(f"Kafka producer failed: {exc}")
-    if isinstance(exc, kafka_errors.KafkaError):
-        if exc.retriable:
-            return BrokerUnavailableError(f"Kafka unavailable: {exc}")
-        return EventRejectedError(f"rejected by Kafka: {exc}")
-    if isinstance(exc, (ValueError, TypeError)):
-        # send() validates its arguments: illegal topic name, no key and no value, bad headers.
-        return EventRejectedError(f"invalid message: {exc}")
-    return BrokerUnavailableError(f"Kafka producer error: {type(exc).__name__}: {exc}")
-
-
-def crc32c_available() -> bool:
-    return importlib.util.find_spec("crc32c") is not None
 
 
 def close_producer(producer: Any, timeout: float | None) -> None:
@@ -319,7 +110,8 @@ class KafkaPublisher:
     ) -> None:
         self._settings = producer_settings(bootstrap_servers, producer_config, client_id)
         self._bootstrap_servers = bootstrap_servers
-        if not crc32c_available():
+        # Looked up on the module, so that a test can pretend the package is missing.
+        if not _client.crc32c_available():
             log.warning(
                 "the crc32c package is not installed: kafka-python computes CRC32C checksums in "
                 "pure Python, which halves publishing throughput; pip install crc32c"
@@ -482,3 +274,6 @@ class KafkaPublisher:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+__all__ = ["KafkaDelivery", "KafkaPublisher", "close_producer"]

@@ -195,7 +195,7 @@ def test_reachable_with_a_running_broker(publisher: KafkaPublisher) -> None:
 def test_missing_crc32c_is_warned_about(
     kafka: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(outbox_kafka, "crc32c_available", lambda: False)
+    monkeypatch.setattr(outbox_kafka._client, "crc32c_available", lambda: False)
     with caplog.at_level(logging.WARNING, logger="outbox.kafka"):
         KafkaPublisher(kafka).close(timeout=5)
     assert any("crc32c" in r.getMessage() for r in caplog.records)

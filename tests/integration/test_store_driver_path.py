@@ -1,6 +1,6 @@
 """The relay's hot-path statements on PostgreSQL. On psycopg 3 they run on the driver's cursor
-(store._rows): same rows as through SQLAlchemy, SQLAlchemy's errors, and a pool left as
-SQLAlchemy expects it. And their plans stay off whole-table scans."""
+(the store's `executor.direct`): same rows as through SQLAlchemy, SQLAlchemy's errors, and a
+pool left as SQLAlchemy expects it. And their plans stay off whole-table scans."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from outbox.relay.store import OutboxStore, is_transient_db_error
+from outbox.relay.store.postgresql import PsycopgCursor
 from tests.support import create_outbox_tables, insert_rows
 
 pytestmark = pytest.mark.integration
@@ -37,11 +38,13 @@ def test_the_driver_path_reads_what_sqlalchemy_reads(pg_url: str) -> None:
     )
     fast = OutboxStore.from_url(pg_url)
     slow = OutboxStore.from_url(pg_url)
-    slow._compiled = None  # the plain SQLAlchemy path, as on every other driver
+    slow.executor.direct = None  # the plain SQLAlchemy path, as on every other driver
     try:
         pending = fast.fetch_pending(10)
         assert len(pending) == 3
-        assert fast._compiled and fast._fetch_query(10, (), after=False) in fast._compiled
+        direct = fast.executor.direct
+        assert isinstance(direct, PsycopgCursor)
+        assert fast.reads.fetch_query(10, (), after=False) in direct.compiled
         assert pending == slow.fetch_pending(10)
         assert pending[0].payload == b'{"total": 12.5}' and pending[0].created_at == created
         assert pending[0].headers == {"traceparent": "00-abc-def-01"}
@@ -120,7 +123,7 @@ def test_the_read_after_the_cursor_never_scans_the_whole_table(pg_url: str) -> N
                 )
             )
             conn.execute(sa.text(f"ANALYZE {table.name}"))
-        query = store._fetch_query(1000, (), after=True)
+        query = store.reads.fetch_query(1000, (), after=True)
         compiled = query.compile(dialect=engine.dialect)
         values = compiled.construct_params({"after_seq": 49000, "count_limit": 1001})
         raw = engine.raw_connection()

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-import outbox.write.outbox
+import outbox.write.writer
 from outbox.write.outbox import Outbox
 from tests.support import write_engine
 
@@ -110,7 +110,7 @@ def test_one_insert_per_flush_and_one_notify_per_transaction(setup: Any) -> None
 
 def test_large_batches_are_chunked_in_order(setup: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     engine, box, maker = setup
-    monkeypatch.setattr(outbox.write.outbox, "_rows_per_statement", lambda dialect: 10)
+    monkeypatch.setattr(outbox.write.writer, "_rows_per_statement", lambda dialect: 10)
     statements = Statements(engine)
     with maker() as session:
         emit_many(box, session, 25)
@@ -123,7 +123,7 @@ def test_statements_stay_under_a_payload_budget(
     setup: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine, box, maker = setup
-    monkeypatch.setattr(outbox.write.outbox, "_STATEMENT_PAYLOAD_BUDGET", 100)
+    monkeypatch.setattr(outbox.write.writer, "_STATEMENT_PAYLOAD_BUDGET", 100)
     statements = Statements(engine)
     with maker() as session:
         emit_many(box, session, 5, payload=b"x" * 40)  # two rows fit in 100 bytes, not three

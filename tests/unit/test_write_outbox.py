@@ -140,10 +140,10 @@ def test_install_is_idempotent_and_uninstall_symmetric() -> None:
     maker = sessionmaker()
     outbox.install(maker)
     outbox.install(maker)
-    assert sa_event.contains(maker.class_, "before_commit", outbox._before_commit)
+    assert sa_event.contains(maker.class_, "before_commit", outbox._hooks.before_commit)
     outbox.uninstall(maker)
-    assert not sa_event.contains(maker.class_, "before_commit", outbox._before_commit)
-    assert not sa_event.contains(maker.class_, "after_flush", outbox._after_flush)
+    assert not sa_event.contains(maker.class_, "before_commit", outbox._hooks.before_commit)
+    assert not sa_event.contains(maker.class_, "after_flush", outbox._hooks.after_flush)
     outbox.uninstall(maker)  # harmless twice
     with pytest.raises(NotInstalledError):
         emit(outbox, maker())

@@ -1,0 +1,148 @@
+"""The relay's reads of pending events (its hot path: statements built once per shape and kept),
+and the conditions that say which rows are pending or parked."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from outbox.relay.records import PendingEvent
+from outbox.relay.store.executor import Executor, utc
+
+#: `fetch_after`'s default count limit: no limit.
+COUNT_ALL = 2**31 - 1
+
+
+def pending(t: sa.Table) -> sa.ColumnElement[bool]:
+    """Rows waiting to be published: neither published (retained) nor parked."""
+    return sa.and_(t.c.published_at.is_(None), t.c.parked_at.is_(None))
+
+
+def parked(t: sa.Table) -> sa.ColumnElement[bool]:
+    """Rows set aside after failing: they wait for an operator's requeue or drop."""
+    return sa.and_(t.c.parked_at.is_not(None), t.c.published_at.is_(None))
+
+
+class EventReads:
+    """Reads of one outbox table for publishing. No row locks: only the lease holder reads to
+    publish, and every write that follows is fenced (see `leases`)."""
+
+    def __init__(self, executor: Executor, table: sa.Table) -> None:
+        self._executor = executor
+        self.table = t = table
+        self._columns = (
+            t.c.seq,
+            t.c.id,
+            t.c.aggregatetype,
+            t.c.aggregateid,
+            t.c.type,
+            t.c.payload,
+            t.c.topic,
+            t.c.key,
+            t.c.headers,
+            t.c.created_at,
+            t.c.attempts,
+        )
+        self.partition_key = sa.func.coalesce(t.c.key, t.c.aggregateid)
+        self._pending = pending(t)
+        # Statements of the relay's hot path, built once (see fetch_query).
+        self._fetch_queries: dict[tuple[int, bool], sa.Select[Any]] = {}
+
+    def parked_keys(self) -> frozenset[str]:
+        """Keys whose later events wait until their parked event is requeued or dropped."""
+        with self._executor.read() as conn:
+            rows = conn.execute(
+                sa.select(self.partition_key).where(parked(self.table)).distinct()
+            ).scalars()
+            # A NULL key (a row broken by hand) cannot be excluded by NOT IN: skip it.
+            return frozenset(key for key in rows if key is not None)
+
+    def fetch_pending(
+        self, limit: int, exclude_keys: Collection[str] = frozenset()
+    ) -> list[PendingEvent]:
+        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`.
+        No row locks: only the lease holder reads to publish."""
+        rows = self._executor.rows(self.fetch_query(limit, exclude_keys, after=False), {})
+        return [_pending_event(r) for r in rows]
+
+    def fetch_after(
+        self,
+        after_seq: int,
+        limit: int,
+        exclude_keys: Collection[str] = frozenset(),
+        *,
+        count_limit: int = COUNT_ALL,
+    ) -> tuple[list[PendingEvent], int]:
+        """Up to `limit` pending events after `after_seq`, and how many pending events have a
+        seq up to `after_seq` (counted up to `count_limit`; by default all), both from one
+        statement (one snapshot, one round trip).
+
+        A read after a seq can miss a lower seq whose transaction committed late; the relay
+        compares the count with the events it has in flight before it sends what it read, so it
+        needs no count beyond one more than those. Capped, the count walks the primary key from
+        the first pending row and stops; an uncapped one was planned as a scan of the whole table
+        (48 ms at a million rows, on every read)."""
+        rows = self._executor.rows(
+            self.fetch_query(limit, exclude_keys, after=True),
+            {"after_seq": after_seq, "count_limit": count_limit},
+        )
+        return [_pending_event(r) for r in rows], rows[0][-1] if rows else 0
+
+    def fetch_query(
+        self, limit: int, exclude_keys: Collection[str], *, after: bool
+    ) -> sa.Select[Any]:
+        """The read of pending events, with `after`: those after :after_seq plus the count of
+        those up to it. Built once per shape when no key is excluded (the usual case), so that
+        SQLAlchemy neither rebuilds it nor recomputes its cache key on the hot path."""
+        # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
+        # never excluded by key; its row is parked instead.
+        keys = tuple(sorted(key for key in exclude_keys if key is not None))
+        cached = self._fetch_queries.get((limit, after)) if not keys else None
+        if cached is not None:
+            return cached
+        t = self.table
+        query = (
+            self._pending_query(keys)
+            .with_only_columns(*self._columns)
+            .order_by(t.c.seq)
+            .limit(limit)
+        )
+        if after:
+            after_seq = sa.bindparam("after_seq", type_=t.c.seq.type)
+            up_to = (
+                self._pending_query(keys)
+                .where(t.c.seq <= after_seq)
+                .order_by(t.c.seq)
+                .limit(sa.bindparam("count_limit", type_=sa.Integer()))
+                .subquery("up_to")
+            )
+            below = sa.select(sa.func.count()).select_from(up_to).scalar_subquery()
+            query = query.where(t.c.seq > after_seq).add_columns(below)
+        if not keys:
+            self._fetch_queries[(limit, after)] = self._executor.hot(query)
+        return query
+
+    def _pending_query(self, keys: Sequence[str]) -> sa.Select[Any]:
+        """Pending events outside `keys` (already normalized by `fetch_query`)."""
+        query = sa.select(self.table.c.seq).where(self._pending)
+        if keys:
+            query = query.where(self.partition_key.not_in(keys))
+        return query
+
+
+def _pending_event(r: Sequence[Any]) -> PendingEvent:
+    return PendingEvent(
+        seq=r[0],
+        id=r[1],
+        aggregatetype=r[2],
+        aggregateid=r[3],
+        type=r[4],
+        payload=r[5],
+        topic=r[6],
+        key=r[7],
+        headers=r[8],
+        created_at=utc(r[9]),
+        attempts=r[10],
+    )

@@ -1,0 +1,211 @@
+"""Drafts to outbox rows, and the INSERT statements that write them on the session's connection.
+
+`OutboxWriter.write` turns a session's buffered drafts into rows (`row_of`, in emit order) and
+inserts them with as few statements as the driver allows: multi-row INSERTs capped by bind
+parameters (`_rows_per_statement`) and by payload bytes (`_STATEMENT_PAYLOAD_BUDGET`). A single
+row uses one prepared statement that SQLAlchemy's compiled cache serves; on PostgreSQL with
+``notify`` it carries the relays' ``pg_notify`` in the same round trip.
+
+`OutboxWriter.insert` takes rows and a connection, not a session, so a writer of rows outside
+the session hooks (a snapshot chunk) goes through the same statements and budgets.
+
+A column computed per event at write time (for example a partition number from the effective
+key) belongs in `row_of` and `INSERTED_COLUMNS`; `_PARAMS_PER_ROW` follows from the latter.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, SessionTransaction
+
+from outbox.errors import ConfigurationError, TableMissingError
+from outbox.write.buffer import SessionBuffer, current_transaction
+from outbox.write.draft import Draft
+
+#: The columns the write side fills (the rest have defaults or belong to the relay).
+INSERTED_COLUMNS = (
+    "id",
+    "aggregatetype",
+    "aggregateid",
+    "type",
+    "payload",
+    "topic",
+    "key",
+    "headers",
+    "created_at",
+)
+# Bind parameters per inserted row (every column the write side sets).
+_PARAMS_PER_ROW = len(INSERTED_COLUMNS)
+# Rows' payload bytes per INSERT: well under MariaDB's 16 MiB default max_allowed_packet even
+# once pymysql escapes binary data.
+_STATEMENT_PAYLOAD_BUDGET = 4 * 1024 * 1024
+
+
+def row_of(draft: Draft) -> dict[str, Any]:
+    """The outbox row a resolved draft becomes: one value per name in `INSERTED_COLUMNS`."""
+    return {
+        "id": draft.id,
+        "aggregatetype": draft.aggregate_type,
+        "aggregateid": draft.aggregate_id,
+        "type": draft.type,
+        "payload": draft.payload,
+        "topic": draft.topic,
+        "key": draft.key,
+        "headers": draft.headers if draft.headers else sa.null(),
+        "created_at": draft.created_at,
+    }
+
+
+def _rows_per_statement(dialect: sa.Dialect) -> int:
+    # Drivers cap bind parameters: SQLite before 3.32 at 999, asyncpg at 32767.
+    limit = 32766
+    if dialect.name == "sqlite":
+        version = dialect.server_version_info or (0,)
+        if tuple(version) < (3, 32):
+            limit = 999
+    return limit // _PARAMS_PER_ROW
+
+
+def _is_missing_table(exc: DBAPIError) -> bool:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if code == "42P01":  # PostgreSQL undefined_table
+        return True
+    args = getattr(orig, "args", ())
+    if args and args[0] == 1146:  # MySQL/MariaDB ER_NO_SUCH_TABLE
+        return True
+    return "no such table" in str(orig)
+
+
+def missing_table_message(table: sa.Table) -> str:
+    return (
+        f"outbox table {table.fullname!r} does not exist: run "
+        "`outbox migrate --db-url URL` or `alembic upgrade heads` (with outbox's "
+        "revisions in version_locations) before writing events"
+    )
+
+
+class OutboxWriter:
+    """Writes drafts into one outbox table, in the caller's transaction.
+
+    :param notify: on PostgreSQL, NOTIFY `notify_channel` once per writing transaction.
+    """
+
+    def __init__(self, table: sa.Table, *, notify: bool, notify_channel: str) -> None:
+        self.table = table
+        self.notify = notify
+        self.notify_channel = notify_channel
+
+    def write(
+        self,
+        session: Session,
+        buffer: SessionBuffer,
+        extra: list[Draft],
+        *,
+        final: bool,
+        transaction: SessionTransaction | None = None,
+    ) -> None:
+        """Insert the buffered events (plus `extra`) in emit order with multi-row INSERTs.
+
+        The rows go to `transaction` (default: the session's current one). Entity events whose
+        primary key is not known yet stay buffered, unless `final` (then it is an error).
+        """
+        rows: list[dict[str, Any]] = []
+        sizes: list[int] = []
+        kept: list[Draft] = []
+        drafts = sorted([*buffer.drafts, *extra], key=lambda d: d.id)
+        for draft in drafts:
+            if not draft.resolve():
+                if final:
+                    raise ConfigurationError(
+                        f"event {draft.type!r} was recorded on {draft.entity!r}, which has no "
+                        "primary key: add the entity to the session before committing"
+                    )
+                kept.append(draft)
+                continue
+            rows.append(row_of(draft))
+            sizes.append(len(draft.payload or b""))
+        if rows:
+            clause = self.table.insert()
+            connection = (
+                session.connection(bind_arguments={"clause": clause})
+                if transaction is None
+                else transaction.connection(None, clause=clause)
+            )
+            notify = (
+                self.notify
+                and connection.dialect.name == "postgresql"
+                and buffer.notified_in is None
+            )
+            self.insert(connection, rows, sizes, notify=notify)
+            if notify:
+                buffer.notified_in = transaction or current_transaction(session)
+        buffer.drafts = kept
+
+    def insert(
+        self,
+        connection: sa.Connection,
+        rows: list[dict[str, Any]],
+        sizes: list[int],
+        *,
+        notify: bool = False,
+    ) -> None:
+        """Insert `rows` in order; with `notify`, also NOTIFY the relays (PostgreSQL), in the
+        same statement as a single row (no extra round trip) or as one more statement."""
+        max_rows = _rows_per_statement(connection.dialect)
+        start = 0
+        while start < len(rows):
+            end, budget = start, 0
+            while end < len(rows) and end - start < max_rows:
+                if end > start and budget + sizes[end] > _STATEMENT_PAYLOAD_BUDGET:
+                    break
+                budget += sizes[end]
+                end += 1
+            try:
+                if end - start == 1:
+                    # One row, the common case: a statement built once, so that SQLAlchemy's
+                    # compiled cache serves it (a multi-row VALUES clause is compiled every
+                    # time). With `notify`, the relays' NOTIFY rides in the same round trip:
+                    # `WITH i AS (INSERT ...) SELECT pg_notify(...)`.
+                    statement = self._notifying_insert if notify else self._one_row_insert
+                    values = {
+                        f"p_{k}": (None if v is sa.null() else v) for k, v in rows[start].items()
+                    }
+                    connection.execute(statement, values)
+                    notify = False
+                else:
+                    connection.execute(self.table.insert().values(rows[start:end]))
+            except DBAPIError as exc:
+                if _is_missing_table(exc):
+                    raise TableMissingError(missing_table_message(self.table)) from exc
+                raise
+            start = end
+        if notify:
+            connection.execute(sa.select(sa.func.pg_notify(self.notify_channel, "")))
+
+    @functools.cached_property
+    def _one_row_insert(self) -> sa.Insert:
+        """One row's INSERT with a parameter per column, built once so that SQLAlchemy's
+        compiled cache serves it."""
+        table = self.table
+        return table.insert().values(
+            {
+                name: sa.bindparam(
+                    f"p_{name}",
+                    # none_as_null: a NULL headers column, not the JSON value 'null'.
+                    type_=sa.JSON(none_as_null=True) if name == "headers" else table.c[name].type,
+                )
+                for name in INSERTED_COLUMNS
+            }
+        )
+
+    @functools.cached_property
+    def _notifying_insert(self) -> sa.Select[Any]:
+        """`_one_row_insert` and the relays' NOTIFY as one statement (PostgreSQL)."""
+        channel = sa.literal(self.notify_channel)
+        insert = self._one_row_insert.cte("outbox_insert")
+        return sa.select(sa.func.pg_notify(channel, sa.literal(""))).add_cte(insert)
