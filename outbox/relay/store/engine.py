@@ -62,14 +62,19 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-def create_relay_engine(db_url: str) -> sa.Engine:
+def create_relay_engine(db_url: str, pool_size: int = 3) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
-    fails at once with SQLITE_BUSY instead of waiting)."""
+    fails at once with SQLITE_BUSY instead of waiting). `pool_size` 1: one connection, no
+    overflow (the lease keeper's)."""
     url = parse_db_url(db_url)
     backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_size": 3, "max_overflow": 2, "pool_recycle": 1800}
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 2 if pool_size > 1 else 0,
+        "pool_recycle": 1800,
+    }
     if backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
     if backend == "sqlite":
