@@ -110,6 +110,7 @@ class Relay:
         self._lease = LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
         self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer)
         self._timer: RenewalTimer | None = None
+        self._standby_told = False
         self._pipeline = Pipeline(
             config,
             self.store,
@@ -268,6 +269,9 @@ class Relay:
         if self._timer is None:
             self._heartbeat.maybe_beat()
         if not self._lease.hold():
+            if not self._standby_told:  # once: a relay that starts as a standby says so
+                self._standby_told = True
+                self.observer.lease(False)
             return 0
         try:
             published = self._pass()

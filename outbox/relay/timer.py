@@ -158,14 +158,16 @@ class Watchdog:
                 keeper.changed.wait(min(remaining, MAX_SLEEP))
                 continue
             silent = time.monotonic() - (deadline - keeper.ttl * DEADLINE_FRACTION)
-            if keeper.forget(lease):
-                logger.warning(
-                    "no lease renewal for %.1fs (database unreachable or this process paused): "
-                    "stopped sending before the lease (epoch %d) can expire",
-                    silent,
-                    lease.epoch,
-                    extra={"lease": "expiring"},
-                )
+            if keeper.current is not lease:
+                continue
+            logger.warning(
+                "no lease renewal for %.1fs (database unreachable or this process paused): "
+                "stopping sending before the lease (epoch %d) can expire",
+                silent,
+                lease.epoch,
+                extra={"lease": "expiring"},
+            )
+            keeper.forget(lease)
 
 
 __all__ = ["RETRY_INTERVAL", "RenewalTimer", "Watchdog"]
