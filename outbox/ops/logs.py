@@ -290,11 +290,12 @@ class LoggingObserver(RelayObserver):
                 self.log.info("%s reachable", component, extra=fields)
                 return
             fields["down_seconds"] = round(now - down[0], 1)
+            # The relay's own account of the outage's length (`detail`) beats ours: a silent
+            # broker is reported down only after a while.
             self.log.info(
-                "%s reachable again after %s%s",
+                "%s reachable again: %s",
                 component,
-                _duration(now - down[0]),
-                f" ({detail})" if detail else "",
+                detail or f"down for {_duration(now - down[0])}",
                 extra=fields,
             )
         else:

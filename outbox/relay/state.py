@@ -48,7 +48,9 @@ class RelayHealth:
                 self._silent_since[component] = since
             silent = self._silent_since.pop(component, None) if up else None
             if silent is not None:
-                detail = detail or f"no acknowledgement for {time.monotonic() - silent:.1f}s"
+                detail = detail or (
+                    f"down for {time.monotonic() - silent:.1f}s since the first unacknowledged send"
+                )
             self.observer.state(component, up, detail)
         elif not up:
             self.observer.state(component, up, detail)
