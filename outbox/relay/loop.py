@@ -10,7 +10,10 @@ Design (the guarantees; each role's module holds the details of its own)
   events in outbox order however many sidecars run. See `outbox.relay.lease`.
 * **Fencing.** Taking the lease bumps its epoch; every mark (delete / park) is checked by the
   database against that epoch in the same transaction, and before each send the relay checks
-  a local deadline that ends before the database's expiry. See `outbox.relay.lease`.
+  a local deadline that ends before the database's expiry. The lease is renewed on its own
+  thread and connection, so a broker outage never moves it; a watchdog forgets it at the local
+  deadline, and losing it aborts the producer (nothing buffered goes out after a takeover).
+  See `outbox.relay.lease` and `outbox.relay.timer`.
 * **At least once.** A row is deleted only after the broker acknowledged it; on a failure the
   rows of its key that follow it are not marked either. See `outbox.relay.pipeline`.
 * **No skipped rows, no overtaking.** Each pass reads from the first pending row. Within a pass
