@@ -181,11 +181,18 @@ class TextFormatter(logging.Formatter):
         return f"{first} {pairs}{newline}{rest}"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """``4.2s``, ``3m 07s``, ``5h 02m``, ``3d 04h``: for logs and `outbox status`."""
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m {secs:02d}s"
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
 
 
 def configure_logging(
@@ -255,7 +262,7 @@ class LoggingObserver(RelayObserver):
             self.log.warning(
                 "%s still unreachable after %s%s%s",
                 component,
-                _duration(now - since),
+                format_duration(now - since),
                 pending,
                 f": {detail}" if detail else "",
                 extra={"component": component, "up": False, "down_seconds": round(now - since)},
@@ -295,7 +302,7 @@ class LoggingObserver(RelayObserver):
             self.log.info(
                 "%s reachable again: %s",
                 component,
-                detail or f"down for {_duration(now - down[0])}",
+                detail or f"down for {format_duration(now - down[0])}",
                 extra=fields,
             )
         else:
