@@ -118,10 +118,10 @@ class RenewalTimer:
             logger.debug("lease renewal failed, retrying: %s", first_line(error))
             return
         if self._failing_since is not None:
-            logger.info(
-                "lease renewed again after %.1fs of failed renewals",
-                time.monotonic() - self._failing_since,
-            )
+            failing = time.monotonic() - self._failing_since
+            # A hiccup (one reconnect) is detail; failures that ate into the lease are news.
+            level = logging.INFO if failing >= keeper.ttl / 3 else logging.DEBUG
+            logger.log(level, "lease renewed again after %.1fs of failed renewals", failing)
             self._failing_since = None
 
     def _sleep(self) -> float:
