@@ -184,7 +184,7 @@ class Relay:
         self._lease.release()
         if self.state.started:
             self._heartbeat.leave()
-        if timer is not None and timer.store is not self.store:
+        if timer is not None:
             timer.store.dispose()
         if self._publisher is not None:
             try:
@@ -233,6 +233,8 @@ class Relay:
         if self._timer is not None:
             return
         companion = self.store.companion()
+        if companion is None:  # an in-memory database: the loop renews, as in `run_once`
+            return
         self._heartbeat.store = companion
         self._timer = RenewalTimer(self._lease, companion, self._heartbeat, self.observer)
         self._timer.start()
