@@ -92,10 +92,17 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def open_store(db_url: str, table: str, schema: str | None) -> Iterator[OutboxStore]:
-    """The outbox table's store, checked to exist (else `TableMissingError`), disposed after."""
+    """The outbox table's store, checked to exist (else `TableMissingError`), disposed after.
+
+    An asyncio URL is used through its synchronous driver, said once on stderr; a SQLite file
+    that does not exist is an error, never created (these commands only read or repair)."""
+    from outbox._urls import resolve_db_url
     from outbox.relay.store import OutboxStore
 
-    store = OutboxStore.from_url(db_url, table, schema)
+    resolved = resolve_db_url(db_url)
+    if resolved.note is not None:
+        click.echo(f"outbox: {resolved.note}", err=True)
+    store = OutboxStore.from_url(resolved.url, table, schema)
     try:
         store.check_table()
         yield store

@@ -264,17 +264,19 @@ def _alembic(call: Callable[[], None], url: sa.URL) -> None:
 
 
 def _parse_url(db_url: str) -> sa.URL:
+    # Same hints as every other command (postgres://, a missing driver and its extra); an
+    # asyncio driver stays (see _run_async), and SQLite creates its file here on purpose.
+    from outbox._urls import SYNC_DRIVERS, resolve_db_url
+    from outbox.config import parse_db_url
+
     try:
-        url = sa.make_url(db_url)
-        url.get_dialect()
-    except sa.exc.NoSuchModuleError:
-        raise ConfigurationError(f"unknown database dialect in URL {mask_url(db_url)}") from None
-    except (sa.exc.ArgumentError, ValueError):
-        # Never echo a URL that could not be parsed: the password cannot be masked.
-        raise ConfigurationError(
-            "malformed database URL: expected dialect+driver://user:password@host:port/database"
-        ) from None
-    return url
+        return resolve_db_url(db_url, allow_async=True, must_exist=False).url
+    except ConfigurationError:
+        driver = parse_db_url(db_url).drivername.partition("+")[2]
+        if driver not in SYNC_DRIVERS:
+            raise
+        # The asyncio driver is not installed here: its synchronous counterpart may be.
+        return resolve_db_url(db_url, must_exist=False).url
 
 
 def _engine(url: sa.URL) -> sa.Engine:

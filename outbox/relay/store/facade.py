@@ -44,7 +44,9 @@ class OutboxStore:
         self.admin = Admin(self.executor, self.table)
 
     @classmethod
-    def from_url(cls, db_url: str, table: str = "outbox", schema: str | None = None) -> OutboxStore:
+    def from_url(
+        cls, db_url: str | sa.URL, table: str = "outbox", schema: str | None = None
+    ) -> OutboxStore:
         return cls(create_relay_engine(db_url), table, schema)
 
     def dispose(self) -> None:
