@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import NoSuchModuleError
 
 from outbox.config import mask_url, parse_db_url
-from outbox.errors import ConfigurationError
+from outbox.errors import ConfigurationError, TableMissingError
 
 #: asyncio driver -> the synchronous driver of the same database.
 SYNC_DRIVERS: dict[str, str] = {
@@ -90,14 +90,16 @@ def _check_driver(url: URL, dialect: type) -> None:
         ) from None
 
 
-def _check_sqlite_file(url: URL) -> None:
+def check_sqlite_file(url: URL) -> None:
+    """`TableMissingError` when `url` names a SQLite file that does not exist: connecting would
+    create an empty one (a read-only command must leave the disk as it was)."""
     if url.get_backend_name() != "sqlite":
         return
     database = url.database
     if not database or database == ":memory:" or url.query.get("uri") or "mode=memory" in database:
         return
     if not os.path.exists(database):
-        raise ConfigurationError(
+        raise TableMissingError(
             f"database file {database} does not exist (check the path; "
             "`outbox migrate --db-url URL` creates it with the outbox tables)"
         )
@@ -140,8 +142,15 @@ def resolve_db_url(
     else:
         _check_driver(url, dialect)
     if must_exist:
-        _check_sqlite_file(url)
+        check_sqlite_file(url)
     return ResolvedUrl(url, note)
 
 
-__all__ = ["DRIVER_EXTRAS", "SYNC_DRIVERS", "ResolvedUrl", "install_hint", "resolve_db_url"]
+__all__ = [
+    "DRIVER_EXTRAS",
+    "SYNC_DRIVERS",
+    "ResolvedUrl",
+    "check_sqlite_file",
+    "install_hint",
+    "resolve_db_url",
+]

@@ -99,7 +99,7 @@ def open_store(db_url: str, table: str, schema: str | None) -> Iterator[OutboxSt
     from outbox._urls import resolve_db_url
     from outbox.relay.store import OutboxStore
 
-    resolved = resolve_db_url(db_url)
+    resolved = resolve_db_url(db_url, must_exist=False)  # checked with the table, below
     if resolved.note is not None:
         click.echo(f"outbox: {resolved.note}", err=True)
     store = OutboxStore.from_url(resolved.url, table, schema)

@@ -51,7 +51,7 @@ def test_recorder_sees_committed_events_only(db_url: str) -> None:
         assert placed.json() == {"total": "9.90"}
         assert (placed.aggregate_type, placed.key, placed.topic) == ("orders", str(order_id), None)
         assert (tagged.payload, tagged.key, tagged.topic) == (b"raw", "k", "t")
-        assert tagged.headers == {"h": "v"}
+        assert tagged.headers == {"h": "v", "content-type": "application/octet-stream"}
         assert [e.type for e in recorded.events("Tagged")] == ["Tagged"]
         recorded.clear()
         assert len(recorded) == 0

@@ -47,8 +47,9 @@ def create_relay_engine(db_url: str | sa.URL) -> sa.Engine:
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
     fails at once with SQLITE_BUSY instead of waiting). The application's asyncio URL is used
-    through its synchronous driver (`outbox._urls`); a missing SQLite file is an error."""
-    resolved = resolve_db_url(db_url)
+    through its synchronous driver (`outbox._urls`). No I/O: a missing SQLite file is reported
+    by `OutboxStore.check_table`, before the first connection would create it."""
+    resolved = resolve_db_url(db_url, must_exist=False)
     if resolved.note is not None:
         logger.info("%s", resolved.note)
     url = resolved.url

@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from outbox._urls import check_sqlite_file
 from outbox.errors import TableMissingError
 from outbox.relay.records import ParkedEvent, PendingEvent, Status
 from outbox.relay.store.admin import Admin
@@ -59,7 +60,9 @@ class OutboxStore:
     # -- checks ----------------------------------------------------------------------------
 
     def check_table(self) -> None:
-        """Raise `TableMissingError` unless both outbox tables exist."""
+        """Raise `TableMissingError` unless both outbox tables exist (a SQLite file that does
+        not exist is not created by looking)."""
+        check_sqlite_file(self.engine.url)
         inspector = sa.inspect(self.engine)
         for table in (self.table, self.lease_table):
             if not inspector.has_table(table.name, schema=table.schema):
