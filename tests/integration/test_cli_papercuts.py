@@ -98,3 +98,27 @@ def test_progress_line_while_publishing(sqlite_url: str, caplog: pytest.LogCaptu
     finally:
         outbox.uninstall(Session)
         engine.dispose()
+
+
+def _outbox_head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from outbox.schema.migrate import SCRIPT_LOCATION
+
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head
+
+
+def test_migrate_says_what_it_did(db_url: str) -> None:
+    head = _outbox_head()
+    first = run("migrate", "--db-url", db_url, "--table", "events")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == f"created events, events_lease at revision {head}"
+    again = run("migrate", "--db-url", db_url, "--table", "events")
+    assert again.stdout.strip() == f"events, events_lease already at revision {head}"
+    sql = run("migrate", "--db-url", db_url, "--sql")
+    assert "already at" not in sql.stdout and "created" not in sql.stdout.splitlines()[-1]
