@@ -148,3 +148,10 @@ def test_migrate_creates_the_sqlite_file(tmp_path: Path) -> None:
         assert {"outbox", "outbox_lease"} <= set(sa.inspect(engine).get_table_names())
     finally:
         engine.dispose()
+
+
+def test_demo_takes_the_async_url(tmp_path: Path) -> None:
+    result = _ok(
+        run("demo", "--db-url", f"sqlite+aiosqlite:///{tmp_path}/demo.db", "--events", "20")
+    )
+    assert "lost 0, phantom 0" in result.stdout, result.stdout
