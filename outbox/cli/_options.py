@@ -85,7 +85,8 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
         show_envvar=True,
         required=True,
         metavar="URL",
-        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pass@host/db.",
+        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pass@host/db (the "
+        "application's asyncio URL works too: it is used through the matching sync driver).",
     )(func)
     return func
 

@@ -43,7 +43,8 @@ _D = _relay_defaults()
     show_envvar=True,
     required=True,
     metavar="URL",
-    help="SQLAlchemy database URL of the application's database.",
+    help="SQLAlchemy database URL of the application's database (an asyncio URL such as "
+    "postgresql+asyncpg:// is used through its sync driver, psycopg).",
 )
 @click.option(
     "--bootstrap-servers",

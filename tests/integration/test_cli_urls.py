@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from outbox._urls import check_sqlite_file as _check_sqlite_file
+from outbox.errors import TableMissingError
 from tests.integration.test_cli import assert_one_line_error, run, seed
 from tests.support import (
     RelayProcess,
@@ -155,3 +157,18 @@ def test_demo_takes_the_async_url(tmp_path: Path) -> None:
         run("demo", "--db-url", f"sqlite+aiosqlite:///{tmp_path}/demo.db", "--events", "20")
     )
     assert "lost 0, phantom 0" in result.stdout, result.stdout
+
+
+def test_a_missing_sqlite_file_is_reported_not_created(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.db"
+    with pytest.raises(TableMissingError, match="does not exist"):
+        _check_sqlite_file(sa.make_url(f"sqlite:///{missing}"))
+    assert not missing.exists()
+    for memory in (
+        "sqlite://",
+        "sqlite:///:memory:",
+        f"sqlite:///file:{missing}?mode=memory&uri=true",
+    ):
+        _check_sqlite_file(sa.make_url(memory))
+    missing.write_bytes(b"")
+    _check_sqlite_file(sa.make_url(f"sqlite:///{missing}"))
