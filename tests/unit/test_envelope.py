@@ -318,3 +318,13 @@ def test_structured_value_is_valid_json_for_unusual_text() -> None:
     assert body["source"] == '/a"b'
     assert body["subject"] == "id\\1"
     assert body["data"] == "str"
+
+
+def test_structured_text_payload_is_data_as_a_string() -> None:
+    message = make_encoder(config(envelope="cloudevents-structured"))(
+        event(payload="h\u00e9llo".encode(), headers={"content-type": "text/plain; charset=utf-8"})
+    )
+    assert message.value is not None
+    body = json.loads(message.value)
+    assert (body["data"], body["datacontenttype"]) == ("h\u00e9llo", "text/plain; charset=utf-8")
+    assert "data_base64" not in body
