@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 import uuid
 from pathlib import Path
 
@@ -156,3 +157,45 @@ def test_every_recipe_is_tested() -> None:
         "celery_task",
     } <= tested
     assert os.path.exists(DOC)
+
+
+def test_celery_task_in_a_real_worker(
+    pg_url: str, kafka: str, tmp_path: Path, relays: list[RelayProcess]
+) -> None:
+    """The same recipe, its task run by a Celery worker (a thread, in-memory transport)."""
+    (tmp_path / "celery_recipe.py").write_text(recipe("celery"))
+    script = tmp_path / "worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import time
+            import sqlalchemy as sa
+            from celery.contrib.testing.worker import start_worker
+            from celery_recipe import app, capture_payment, engine, outbox
+
+            outbox.metadata.create_all(engine)
+            app.conf.task_always_eager = False
+            with start_worker(app, perform_ping_check=False, pool="solo", loglevel="WARNING"):
+                for order in range(3):
+                    capture_payment.delay(order, "1.00")
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    with engine.connect() as conn:
+                        count = conn.execute(
+                            sa.select(sa.func.count()).select_from(outbox.table)
+                        ).scalar()
+                    if count == 3:
+                        break
+                    time.sleep(0.1)
+            print("rows", count)
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=clean_env(DATABASE_URL=pg_url),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-2:] == ["rows", "3"], result.stdout + result.stderr
+    events = relay_events(pg_url, kafka, ["payments"], 3, relays)
+    assert sorted(p["order"] for _, _, p in events) == [0, 1, 2]  # type: ignore[index]
