@@ -20,7 +20,11 @@ from outbox._uuid7 import uuid7
 from outbox.errors import ConfigurationError
 from outbox.schema.tables import NAME_LENGTH, TOPIC_LENGTH
 from outbox.write.orm import identity_of, mapper_of, table_name
-from outbox.write.serialization import serialize_headers, serialize_payload
+from outbox.write.serialization import (
+    payload_content_type,
+    serialize_headers,
+    serialize_payload,
+)
 
 _TOPIC = re.compile(rf"^[A-Za-z0-9._-]{{1,{TOPIC_LENGTH}}}$")
 
@@ -109,6 +113,11 @@ def make_draft(
     """Validate and serialize an event now, so that mistakes fail the emitting call."""
     event_type = check_text(event_type, "event type")
     user_headers = serialize_headers(headers, event_type)
+    content_type = payload_content_type(payload)
+    if content_type is not None and not any(n.lower() == "content-type" for n in user_headers):
+        # Text and bytes say what they are, so consumers (and CloudEvents) do not read them as
+        # JSON; JSON payloads, the common case, carry no header (the relay's default).
+        user_headers["content-type"] = content_type
     return Draft(
         id=uuid7(),
         type=event_type,

@@ -163,7 +163,8 @@ class Outbox:
 
         Nothing is sent to the database now: the event is written with the session's next flush
         (if it has ORM changes) or at commit, in the same transaction, and vanishes with a
-        rollback. `session` is a `Session` or `AsyncSession` whose factory was installed.
+        rollback. `session` is a `Session`, `AsyncSession` or `scoped_session` (its current
+        session) whose factory was installed.
 
         Raises `PayloadError` if `payload` or `headers` cannot be serialized or the payload is
         over `max_payload_bytes`; `ConfigurationError` for an invalid type, aggregate, key or

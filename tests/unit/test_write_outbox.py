@@ -106,7 +106,9 @@ def test_emit_without_install_says_what_to_do() -> None:
 
 
 def test_emit_rejects_non_sessions() -> None:
-    with pytest.raises(ConfigurationError, match="expected a Session or AsyncSession"):
+    with pytest.raises(
+        ConfigurationError, match="expected a Session, AsyncSession or scoped_session"
+    ):
         emit(Outbox(), object())
 
 
