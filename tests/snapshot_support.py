@@ -200,3 +200,41 @@ def random_writes(
                 # Lock conflicts, or another thread re-inserted the same key first.
                 stop.wait(0.01)
     return done
+
+
+#: An application module for the command's tests (`--app snapapp:outbox`), written to a
+#: temporary directory with its table name filled in.
+APP_MODULE = """
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from outbox import Outbox
+
+outbox = Outbox()
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __tablename__ = "{table}"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(60))
+    n: Mapped[int] = mapped_column(default=0)
+
+
+class Uncaptured(Base):
+    __tablename__ = "{table}_other"
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+
+outbox.capture(Customer, compacted=True)
+not_an_outbox = 42
+"""
+
+
+def write_app(directory: Any, table: str) -> None:
+    from pathlib import Path
+
+    Path(directory, "snapapp.py").write_text(APP_MODULE.format(table=table))
