@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from outbox.errors import ConfigurationError
-from outbox.snapshot.options import SnapshotOptions
+from outbox.snapshot.options import Progress, SnapshotOptions, SnapshotResult
 from tests.snapshot_support import (
     KEY_KINDS,
     App,
@@ -191,3 +191,44 @@ def test_where_restart_and_resume_after_ctrl_c(db_url: str) -> None:
     assert resumed.resumed and resumed.rows == 300 and len(first) == len(set(first)) == 300
     assert {int(a) % 2 for a in first} == {1}  # ids are n + 1: only even n
     assert fresh.rows == 600 and not fresh.resumed and ids.count(fresh.id) == 600
+
+
+def test_max_pending_pauses_until_the_relay_catches_up(db_url: str, kafka: str) -> None:
+    """Guarantee 4: with more than max_pending events waiting, the snapshot pauses; it goes on
+    once the relay publishes them."""
+    table = unique_table()
+    app = App(db_url, make_model("int", table))
+    reports: list[Progress] = []
+    paused = threading.Event()
+
+    def on_progress(progress: Progress) -> None:
+        reports.append(progress)
+        if progress.waiting:
+            paused.set()
+
+    try:
+        app.seed("int", 1000)
+        options = SnapshotOptions(chunk_size=100, max_pending=250)
+        runner = app.outbox.snapshot_runner(
+            app.factory, app.model, options, on_progress=on_progress
+        )
+        outcome: list[object] = []
+        thread = threading.Thread(target=lambda: outcome.append(runner.run()))
+        thread.start()
+        assert paused.wait(60), "the snapshot never paused"
+        with app.engine.connect() as conn:
+            waiting = conn.execute(
+                sa.select(sa.func.count()).select_from(app.outbox.table)
+            ).scalar_one()
+        with running_relay(db_url, kafka):
+            thread.join(120)
+            received = consume(kafka, table, 1000, timeout=60)
+    finally:
+        app.close()
+
+    pauses = sum(1 for p in reports if p.waiting)
+    print(f"\npaused with {waiting} events waiting (max_pending 250, chunk 100); {pauses} reports")
+    assert 250 < waiting <= 250 + 100  # it stopped at the first chunk over the limit
+    [result] = outcome
+    assert isinstance(result, SnapshotResult) and result.rows == 1000
+    assert len({r.key for r in received}) == 1000
