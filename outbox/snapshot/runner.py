@@ -41,6 +41,24 @@ logger = logging.getLogger("outbox.snapshot")
 SNAPSHOT_OP = "snapshot"
 
 
+#: How long a chunk waits for one row's lock on PostgreSQL before it rolls back and retries:
+#: while it waits it holds the locks it already took, which would stall the application's
+#: writes to those rows behind one long application transaction.
+LOCK_TIMEOUT = "2s"
+
+
+def _is_transient(error: BaseException) -> bool:
+    """Worth retrying: lost connections, deadlocks, lock timeouts, a locked SQLite database.
+    SQLite reports a bad filter as an OperationalError too: that one is not transient."""
+    if not is_transient_db_error(error):
+        return False
+    orig = getattr(error, "orig", None)
+    if type(orig).__module__.startswith("sqlite3"):
+        text = str(orig).lower()
+        return "locked" in text or "busy" in text
+    return True
+
+
 def _first_line(error: BaseException) -> str:
     cause = getattr(error, "orig", None) or error
     lines = str(cause).strip().splitlines()
@@ -100,6 +118,9 @@ class SnapshotRunner:
         conn: sa.Connection = session.connection(
             bind_arguments={"mapper": self.mapper}, execution_options=options
         )
+        if bind.dialect.name == "postgresql":
+            # SET LOCAL: this transaction only, never the application's pooled sessions.
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
         return conn
 
     def _transaction(self, work: Callable[[sa.Connection], Any]) -> Any:
@@ -109,7 +130,7 @@ class SnapshotRunner:
 
         return retry_transient(
             attempt,
-            is_transient=is_transient_db_error,
+            is_transient=_is_transient,
             stop=self.stop,
             describe=lambda e: f"snapshot of {self.target}: {_first_line(e)}",
             logger=logger,

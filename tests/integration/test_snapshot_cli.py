@@ -141,6 +141,16 @@ def test_bad_input_is_one_line(
         assert conn.execute(sa.select(sa.func.count()).select_from(app.outbox.table)).scalar() == 0
 
 
+@pytest.mark.parametrize("db_url", ["postgresql", "sqlite"], indirect=True)
+def test_a_bad_where_is_one_line(cli_app: tuple[str, App], tmp_path: Path) -> None:
+    url, _ = cli_app
+    result = outbox_cmd(*run_args(url), "--where", "no_such_column > 1", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("outbox: error: cannot start the snapshot")
+    assert "no_such_column" in lines[0]
+
+
 def test_without_the_snapshot_table_is_one_line(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/empty.db"
     result = outbox_cmd("snapshot", "status", "--db-url", url, cwd=tmp_path)
