@@ -47,6 +47,22 @@ SNAPSHOT_OP = "snapshot"
 LOCK_TIMEOUT = "2s"
 
 
+#: A chunk's transaction holds its rows' locks, and the application's writes to them wait: a
+#: chunk slower than this halves the next one (down to `MIN_CHUNK`), a chunk under half of it
+#: grows the next one back towards `chunk_size`.
+TARGET_CHUNK_SECONDS = 0.1
+MIN_CHUNK = 10
+
+
+def next_limit(limit: int, seconds: float, ceiling: int) -> int:
+    """The next chunk's size after a chunk of `limit` rows took `seconds`."""
+    if seconds > TARGET_CHUNK_SECONDS:
+        return max(min(MIN_CHUNK, ceiling), limit // 2)
+    if seconds < TARGET_CHUNK_SECONDS / 2:
+        return min(ceiling, limit * 2)
+    return limit
+
+
 def _is_transient(error: BaseException) -> bool:
     """Worth retrying: lost connections, deadlocks, lock timeouts, a locked SQLite database.
     SQLite reports a bad filter as an OperationalError too: that one is not transient."""
@@ -158,7 +174,7 @@ class SnapshotRunner:
                 )
                 if done is None:
                     return self._fenced(info.id)
-                count, cursor = done
+                count, cursor, seconds = done
                 rows_now += count
                 self._report(info.id, rows_now, None)
                 if cursor == upto or (
@@ -168,6 +184,7 @@ class SnapshotRunner:
                     )
                 ):
                     break
+                limit = next_limit(limit, seconds, self.options.effective_chunk_size)
                 self._throttle(started, rows_now)
         except KeyboardInterrupt:
             # The chunk in flight rolled back with its transaction: resume is still exact.
@@ -241,7 +258,7 @@ class SnapshotRunner:
 
     def _chunk(
         self, conn: sa.Connection, snapshot_id: str, after: Key | None, upto: Key, limit: int
-    ) -> tuple[int, Key | None] | None:
+    ) -> tuple[int, Key | None, float] | None:
         began = time.monotonic()
         if not self.state.hold(conn, snapshot_id, self.owner):
             return None
@@ -250,7 +267,7 @@ class SnapshotRunner:
             self.state.advance(
                 conn, snapshot_id, self.owner, cursor=self.keys.dump(after), rows=0, seconds=0.0
             )
-            return 0, after
+            return 0, after, time.monotonic() - began
         headers = {"snapshot_id": snapshot_id}
         drafts = []
         for row in rows:
@@ -266,15 +283,16 @@ class SnapshotRunner:
             notify=self.writer.notify and conn.dialect.name == "postgresql",
         )
         last, _ = self.reader.key_of(rows[-1])
+        seconds = time.monotonic() - began
         self.state.advance(
             conn,
             snapshot_id,
             self.owner,
             cursor=self.keys.dump(last),
             rows=len(rows),
-            seconds=time.monotonic() - began,
+            seconds=seconds,
         )
-        return len(rows), last
+        return len(rows), last, seconds
 
     # -- pacing ----------------------------------------------------------------------------------
 

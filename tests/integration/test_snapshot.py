@@ -56,7 +56,7 @@ def test_every_existing_row_reaches_the_topic_keyed_like_capture(
     updates = [r for r in received if op_of(r) == "updated"]
     print(f"\n{kind}: {len(snapshots)} snapshot events for {ROWS} rows, {result.chunks} chunks")
     assert result.rows == ROWS and result.state == "done" and not result.resumed
-    assert result.chunks == -(-ROWS // 200)
+    assert result.chunks >= -(-ROWS // 200)  # more when a slow chunk shrank the next
     keys = [(r.key or b"").decode() for r in snapshots]
     assert len(keys) == len(set(keys)) == ROWS  # none twice
     assert set(keys) == set(expected)  # none missed

@@ -97,3 +97,14 @@ def test_a_rate_cap_shrinks_the_chunk() -> None:
     assert SnapshotOptions(chunk_size=1000, max_rows_per_second=200).effective_chunk_size == 200
     assert SnapshotOptions(chunk_size=100, max_rows_per_second=0.5).effective_chunk_size == 1
     assert SnapshotOptions(chunk_size=100).effective_chunk_size == 100
+
+
+def test_a_slow_chunk_halves_the_next_and_a_fast_one_grows_it_back() -> None:
+    from outbox.snapshot.runner import next_limit
+
+    assert next_limit(1000, 0.25, 1000) == 500
+    assert next_limit(12, 0.25, 1000) == 10  # never below MIN_CHUNK
+    assert next_limit(5, 0.25, 5) == 5  # a rate cap below MIN_CHUNK stays the ceiling
+    assert next_limit(500, 0.01, 1000) == 1000
+    assert next_limit(1000, 0.01, 1000) == 1000
+    assert next_limit(400, 0.07, 1000) == 400
