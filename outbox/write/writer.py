@@ -38,6 +38,8 @@ INSERTED_COLUMNS = (
     "headers",
     "created_at",
 )
+_PARAMETER_NAMES = {name: f"p_{name}" for name in INSERTED_COLUMNS}
+_NULL = sa.null()  # a singleton: `row_of` puts it where a JSON column must be SQL NULL
 # Bind parameters per inserted row (every column the write side sets).
 _PARAMS_PER_ROW = len(INSERTED_COLUMNS)
 # Rows' payload bytes per INSERT: well under MariaDB's 16 MiB default max_allowed_packet even
@@ -62,7 +64,7 @@ def row_of(draft: Draft) -> dict[str, Any]:
 
 def _parameters(row: dict[str, Any]) -> dict[str, Any]:
     """A row's values as the cached statement's bind parameters (`sa.null()` as None)."""
-    return {f"p_{k}": (None if v is sa.null() else v) for k, v in row.items()}
+    return {_PARAMETER_NAMES[k]: (None if v is _NULL else v) for k, v in row.items()}
 
 
 def _rows_per_statement(dialect: sa.Dialect) -> int:
