@@ -100,6 +100,11 @@ class SnapshotRunner:
             mapper = sa.inspect(model)
         except NoInspectionAvailable:
             raise ConfigurationError(f"snapshot() takes a mapped class, not {model!r}") from None
+        if type(session_factory).__name__ == "async_sessionmaker":
+            raise ConfigurationError(
+                "snapshot() runs synchronous transactions: pass sessionmaker(engine.sync_engine) "
+                "instead of an async_sessionmaker"
+            )
         if not capture.covers(model):
             raise ConfigurationError(
                 f"{model.__qualname__} is not captured by this outbox: call "
