@@ -232,3 +232,42 @@ def test_max_pending_pauses_until_the_relay_catches_up(db_url: str, kafka: str) 
     [result] = outcome
     assert isinstance(result, SnapshotResult) and result.rows == 1000
     assert len({r.key for r in received}) == 1000
+
+
+def test_a_chunk_waits_for_an_application_transaction_and_reads_its_value(db_url: str) -> None:
+    """The mechanism behind guarantee 2, made deterministic: an application transaction has
+    updated a row (its capture event already inserted) and not committed; the snapshot's chunk
+    waits for it, then reads the committed value, and its event comes after the capture
+    event in seq order. Without the shared row lock the snapshot would read the old value and
+    be published after the newer change: a stale record that wins compaction."""
+    table = unique_table()
+    app = App(db_url, make_model("int", table))
+    try:
+        app.seed("int", 300)
+        holder = app.factory()
+        row = holder.get(app.model, 42)
+        row.name = "changed by the application"
+        holder.flush()  # the UPDATE and its capture event: the row's lock is now held
+        outcome: list[object] = []
+        snapshot = threading.Thread(
+            target=lambda: outcome.append(app.outbox.snapshot(app.factory, app.model))
+        )
+        snapshot.start()
+        # Let the chunk reach the locked row (if it has not yet, the result is the same).
+        snapshot.join(1.0)
+        holder.commit()
+        holder.close()
+        snapshot.join(60)
+        o = app.outbox.table
+        with app.engine.connect() as conn:
+            events = conn.execute(
+                sa.select(o.c.seq, o.c.type, o.c.payload)
+                .where(o.c.aggregateid == "42")
+                .order_by(o.c.seq)
+            ).all()
+    finally:
+        app.close()
+
+    assert [t for _, t, _ in events] == [f"{table}.updated", f"{table}.snapshot"]
+    assert json.loads(events[1][2])["row"]["name"] == "changed by the application"
+    assert outcome and outcome[0].rows == 300  # type: ignore[attr-defined]
