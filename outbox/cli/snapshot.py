@@ -85,7 +85,14 @@ def snapshot() -> None:
 
 
 @snapshot.command()
-@click.option("--db-url", envvar="OUTBOX_DB_URL", show_envvar=True, required=True, metavar="URL")
+@click.option(
+    "--db-url",
+    envvar="OUTBOX_DB_URL",
+    show_envvar=True,
+    required=True,
+    metavar="URL",
+    help="SQLAlchemy URL of the application's database (the snapshot writes on the primary).",
+)
 @click.option(
     "--app",
     "app_path",
@@ -97,8 +104,19 @@ def snapshot() -> None:
     "--model", "model_path", required=True, metavar="MODULE:CLASS", help="The captured class."
 )
 @click.option("--where", default=None, metavar="SQL", help="Only rows matching this SQL filter.")
-@click.option("--chunk-size", type=click.IntRange(1, 100_000), default=1000, show_default=True)
-@click.option("--max-rows-per-second", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    help="Rows per chunk (one short transaction); a chunk over 100 ms halves the next.",
+)
+@click.option(
+    "--max-rows-per-second",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Cap the snapshot's rate.",
+)
 @click.option(
     "--max-pending",
     type=click.IntRange(min=1),

@@ -8,7 +8,8 @@ them by ``seq``. The modules, by role:
 - `chunks`   the SQL on the snapshotted table: bounds and locked chunks
 - `state`    all SQL on the snapshot table (and the backlog probe for ``max_pending``)
 - `options`  settings, result and progress values
-- `runner`   the chunk loop: resume, fencing, retries, pacing
+- `pacing`   between chunks: the adaptive chunk size, the rate cap, the backlog pause
+- `runner`   the chunk loop: resume, fencing, retries
 - `progress` the command's live progress bar
 
 See docs/DATA-LIBERATION.md.

@@ -30,6 +30,7 @@ from outbox.retry import retry_transient
 from outbox.snapshot.chunks import TableReader
 from outbox.snapshot.keys import Key, KeySet
 from outbox.snapshot.options import Progress, SnapshotOptions, SnapshotResult
+from outbox.snapshot.pacing import Pacer, next_limit
 from outbox.snapshot.state import SnapshotInfo, SnapshotState
 from outbox.write.capture import CaptureRegistry
 from outbox.write.orm import table_name
@@ -47,22 +48,6 @@ SNAPSHOT_OP = "snapshot"
 LOCK_TIMEOUT = "2s"
 
 
-#: A chunk's transaction holds its rows' locks, and the application's writes to them wait: a
-#: chunk slower than this halves the next one (down to `MIN_CHUNK`), a chunk under half of it
-#: grows the next one back towards `chunk_size`.
-TARGET_CHUNK_SECONDS = 0.1
-MIN_CHUNK = 10
-
-
-def next_limit(limit: int, seconds: float, ceiling: int) -> int:
-    """The next chunk's size after a chunk of `limit` rows took `seconds`."""
-    if seconds > TARGET_CHUNK_SECONDS:
-        return max(min(MIN_CHUNK, ceiling), limit // 2)
-    if seconds < TARGET_CHUNK_SECONDS / 2:
-        return min(ceiling, limit * 2)
-    return limit
-
-
 def _is_transient(error: BaseException) -> bool:
     """Worth retrying: lost connections, deadlocks, lock timeouts, a locked SQLite database.
     SQLite reports a bad filter as an OperationalError too: that one is not transient."""
@@ -73,6 +58,17 @@ def _is_transient(error: BaseException) -> bool:
         text = str(orig).lower()
         return "locked" in text or "busy" in text
     return True
+
+
+def _result(info: SnapshotInfo, resumed: bool) -> SnapshotResult:
+    return SnapshotResult(
+        id=info.id,
+        rows=info.rows_done,
+        chunks=info.chunks,
+        seconds=info.active_seconds,
+        state=info.state,
+        resumed=resumed,
+    )
 
 
 def _first_line(error: BaseException) -> str:
@@ -127,6 +123,7 @@ class SnapshotRunner:
         self.options = options
         self.on_progress = on_progress
         self.stop = stop or threading.Event()
+        self.pacer = Pacer(options, self.stop)
         self.owner = f"{uuid.uuid4()}"
 
     # -- transactions ----------------------------------------------------------------------------
@@ -163,15 +160,26 @@ class SnapshotRunner:
     def run(self) -> SnapshotResult:
         info, resumed = self._begin()
         if info.state == "done":
-            return self._result(info, resumed)
+            return _result(info, resumed)
         cursor, upto = self.keys.load(info.cursor), self.keys.load(info.max_key)
+        logger.info(
+            "snapshot %s of %s %s: %d of about %s rows done",
+            info.id,
+            self.target,
+            "resumed" if resumed else "started",
+            info.rows_done,
+            info.total_estimate,
+        )
         started, rows_now = time.monotonic(), 0
         limit = self.options.effective_chunk_size
         try:
             while upto is not None:
                 if self.stop.is_set():
                     return self._end(info.id, "interrupted", resumed)
-                self._wait_for_backlog(info)
+                self.pacer.wait_for_backlog(
+                    lambda limit: self._transaction(partial(self.state.pending_over, limit=limit)),
+                    lambda note: self._report(info.id, None, note),
+                )
                 if self.stop.is_set():
                     continue
                 done = self._transaction(
@@ -190,7 +198,7 @@ class SnapshotRunner:
                 ):
                     break
                 limit = next_limit(limit, seconds, self.options.effective_chunk_size)
-                self._throttle(started, rows_now)
+                self.pacer.throttle(started, rows_now)
         except KeyboardInterrupt:
             # The chunk in flight rolled back with its transaction: resume is still exact.
             self._transaction(lambda c: self.state.finish(c, info.id, self.owner, "interrupted"))
@@ -299,27 +307,6 @@ class SnapshotRunner:
         )
         return len(rows), last, seconds
 
-    # -- pacing ----------------------------------------------------------------------------------
-
-    def _wait_for_backlog(self, info: SnapshotInfo) -> None:
-        limit = self.options.max_pending
-        if limit is None:
-            return
-        while not self.stop.is_set():
-            pending = self._transaction(lambda c: self.state.pending_over(c, limit))
-            if pending <= limit:
-                return
-            self._report(info.id, None, f"paused: over {limit} events wait for the relay")
-            self.stop.wait(0.5)
-
-    def _throttle(self, started: float, rows: int) -> None:
-        rate = self.options.max_rows_per_second
-        if rate is None:
-            return
-        ahead = rows / rate - (time.monotonic() - started)
-        if ahead > 0:
-            self.stop.wait(ahead)
-
     def _report(self, snapshot_id: str, rows_now: int | None, waiting: str | None) -> None:
         if self.on_progress is None:
             return
@@ -333,7 +320,7 @@ class SnapshotRunner:
         if not self._transaction(lambda c: self.state.finish(c, snapshot_id, self.owner, state)):
             return self._fenced(snapshot_id)
         info = self._transaction(lambda c: self.state.get(c, snapshot_id))
-        return self._result(info, resumed)
+        return _result(info, resumed)
 
     def _fenced(self, snapshot_id: str) -> SnapshotResult:
         info = self._transaction(lambda c: self.state.get(c, snapshot_id))
@@ -342,14 +329,4 @@ class SnapshotRunner:
         raise SnapshotError(
             f"snapshot {snapshot_id} of {self.target} was resumed by another runner: "
             "this one stopped after its last committed chunk"
-        )
-
-    def _result(self, info: SnapshotInfo, resumed: bool) -> SnapshotResult:
-        return SnapshotResult(
-            id=info.id,
-            rows=info.rows_done,
-            chunks=info.chunks,
-            seconds=info.active_seconds,
-            state=info.state,
-            resumed=resumed,
         )

@@ -100,7 +100,7 @@ def test_a_rate_cap_shrinks_the_chunk() -> None:
 
 
 def test_a_slow_chunk_halves_the_next_and_a_fast_one_grows_it_back() -> None:
-    from outbox.snapshot.runner import next_limit
+    from outbox.snapshot.pacing import next_limit
 
     assert next_limit(1000, 0.25, 1000) == 500
     assert next_limit(12, 0.25, 1000) == 10  # never below MIN_CHUNK
