@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, NoInspectionAvailable
 
 from outbox.errors import ConfigurationError, SnapshotError, TableMissingError
+from outbox.ops.entrypoint import database_error
 from outbox.relay.store.engine import is_transient_db_error
 from outbox.retry import retry_transient
 from outbox.snapshot.chunks import TableReader
@@ -71,10 +72,9 @@ def _result(info: SnapshotInfo, resumed: bool) -> SnapshotResult:
     )
 
 
-def _first_line(error: BaseException) -> str:
-    cause = getattr(error, "orig", None) or error
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
+def _describe(error: BaseException) -> str:
+    """One line for a log or a message: the driver's first line, passwords masked."""
+    return database_error(error) if isinstance(error, DBAPIError) else str(error)
 
 
 class SnapshotRunner:
@@ -150,7 +150,7 @@ class SnapshotRunner:
             attempt,
             is_transient=_is_transient,
             stop=self.stop,
-            describe=lambda e: f"snapshot of {self.target}: {_first_line(e)}",
+            describe=lambda e: f"snapshot of {self.target}: {_describe(e)}",
             logger=logger,
             maximum=5.0,
         )
@@ -204,7 +204,7 @@ class SnapshotRunner:
             self._transaction(lambda c: self.state.finish(c, info.id, self.owner, "interrupted"))
             raise
         except DBAPIError as exc:
-            error = _first_line(exc)
+            error = _describe(exc)
             self._transaction(lambda c: self.state.finish(c, info.id, self.owner, "failed", error))
             raise SnapshotError(
                 f"snapshot {info.id} of {self.target} failed: {error}; run it again to resume"
@@ -222,7 +222,7 @@ class SnapshotRunner:
                     "`outbox migrate --db-url URL` or `alembic upgrade heads`"
                 ) from None
             raise ConfigurationError(
-                f"cannot start the snapshot of {self.target}: {_first_line(exc)}"
+                f"cannot start the snapshot of {self.target}: {_describe(exc)}"
             ) from None
 
     def _missing_table(self) -> bool:
