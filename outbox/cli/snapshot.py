@@ -183,7 +183,7 @@ def run(
         sys.exit(130)
     click.echo(
         f"snapshot {result.id} of {model.__name__} {verb}: {result.rows} rows in "
-        f"{result.chunks} chunks, {result.seconds:.1f}s"
+        f"{result.chunks} chunks ({result.seconds:.1f}s of chunk work)"
     )
 
 
@@ -228,7 +228,11 @@ def _row(info: SnapshotInfo) -> list[str]:
 @db_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def status(db_url: str, table: str, schema: str | None, as_json: bool) -> None:
-    """List the snapshots: id, model, state, rows done, estimated total, rate, last error."""
+    """List the snapshots: id, model, state, rows done, estimated total, rate, last error.
+
+    The rate is rows per second of chunk work (pauses for --max-pending, the rate cap and time
+    between runs left out).
+    """
     with _state(db_url, table, schema) as (engine, state), engine.connect() as conn:
         infos = state.list(conn)
     if as_json:
@@ -237,7 +241,7 @@ def status(db_url: str, table: str, schema: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     out = Table(title=f"snapshots ({table}_snapshot)", title_justify="left")
-    for name in ("id", "model", "state", "rows done", "est. total", "rate", "last error"):
+    for name in ("id", "model", "state", "rows done", "est. total", "chunk rate", "last error"):
         out.add_column(name, justify="right" if name in ("rows done", "est. total") else "left")
     for info in infos:
         out.add_row(*_row(info))

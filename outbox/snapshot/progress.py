@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -42,6 +43,8 @@ class ProgressBar:
             transient=False,
         )
         self.task: TaskID | None = None
+        # This run's wall-clock rate (pauses and the rate cap included), from its first report.
+        self._first: tuple[float, int] | None = None
 
     def __enter__(self) -> ProgressBar:
         self.bar.start()
@@ -58,7 +61,11 @@ class ProgressBar:
     def update(self, progress: Progress) -> None:
         info = progress.info
         total = max(info.total_estimate or 0, info.rows_done)
-        rate = "-" if info.rate is None else f"{info.rate:,.0f}"
+        now = time.monotonic()
+        if self._first is None:
+            self._first = (now, info.rows_done)
+        began, rows_then = self._first
+        rate = f"{(info.rows_done - rows_then) / (now - began):,.0f}" if now > began else "-"
         if self.task is None:
             self.task = self.bar.add_task(
                 self.label, total=total, completed=info.rows_done, rate=rate, note=""
