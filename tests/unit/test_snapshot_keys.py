@@ -108,3 +108,44 @@ def test_a_slow_chunk_halves_the_next_and_a_fast_one_grows_it_back() -> None:
     assert next_limit(500, 0.01, 1000) == 1000
     assert next_limit(1000, 0.01, 1000) == 1000
     assert next_limit(400, 0.07, 1000) == 400
+
+
+class RecordingStop:
+    """A stop event that records how long the pacer asked to wait, and never waits."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def is_set(self) -> bool:
+        return False
+
+    def wait(self, seconds: float) -> bool:
+        self.waits.append(seconds)
+        return False
+
+
+def test_the_rate_cap_sleeps_until_the_rows_fit_the_rate() -> None:
+    import time
+
+    from outbox.snapshot.pacing import Pacer
+
+    stop = RecordingStop()
+    pacer = Pacer(SnapshotOptions(max_rows_per_second=500), stop)  # type: ignore[arg-type]
+    pacer.throttle(time.monotonic(), 1000)  # 1000 rows at 500/s: 2 s from the start
+    assert len(stop.waits) == 1 and 1.5 < stop.waits[0] <= 2.0
+    pacer.throttle(time.monotonic() - 10, 1000)  # already slower than the cap: no wait
+    assert len(stop.waits) == 1
+    Pacer(SnapshotOptions(), stop).throttle(time.monotonic(), 10**6)  # type: ignore[arg-type]
+    assert len(stop.waits) == 1
+
+
+def test_the_backlog_pause_waits_until_the_relay_caught_up() -> None:
+    from outbox.snapshot.pacing import Pacer
+
+    stop = RecordingStop()
+    backlog = iter([900, 600, 200])
+    notes: list[str] = []
+    pacer = Pacer(SnapshotOptions(max_pending=500), stop)  # type: ignore[arg-type]
+    pacer.wait_for_backlog(lambda limit: next(backlog), notes.append)
+    assert notes == ["paused: over 500 events wait for the relay"] * 2
+    assert stop.waits == [0.5, 0.5]
