@@ -175,6 +175,14 @@ def test_where_restart_and_resume_after_ctrl_c(db_url: str) -> None:
         with pytest.raises(ConfigurationError, match="unfinished"):
             app.outbox.snapshot(app.factory, app.model, where="n > 3")
         fresh = app.outbox.snapshot(app.factory, app.model, restart=True)
+        # A SQLAlchemy expression works as a filter too, and is recorded as SQL text.
+        expression = app.outbox.snapshot(app.factory, app.model, where=app.model.n < 10)
+        with app.engine.connect() as conn:
+            recorded = conn.execute(
+                sa.select(app.outbox.snapshot_table.c.where_sql).where(
+                    app.outbox.snapshot_table.c.id == expression.id
+                )
+            ).scalar_one()
         with app.engine.connect() as conn:
             o = app.outbox.table
             per_snapshot = conn.execute(
@@ -191,6 +199,7 @@ def test_where_restart_and_resume_after_ctrl_c(db_url: str) -> None:
     assert resumed.resumed and resumed.rows == 300 and len(first) == len(set(first)) == 300
     assert {int(a) % 2 for a in first} == {1}  # ids are n + 1: only even n
     assert fresh.rows == 600 and not fresh.resumed and ids.count(fresh.id) == 600
+    assert expression.rows == 10 and recorded == f"{table}.n < 10"
 
 
 def test_max_pending_pauses_until_the_relay_catches_up(db_url: str, kafka: str) -> None:
