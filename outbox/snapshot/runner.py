@@ -281,14 +281,12 @@ class SnapshotRunner:
                 conn, snapshot_id, self.owner, cursor=self.keys.dump(after), rows=0, seconds=0.0
             )
             return 0, after, time.monotonic() - began
-        headers = {"snapshot_id": snapshot_id}
-        drafts = []
-        for row in rows:
-            _, aggregate_id = self.reader.key_of(row)
-            payload = {"row": self.reader.payload_row(row)}
-            drafts.append(
-                self.capture.row_event(self.mapper, SNAPSHOT_OP, payload, aggregate_id, headers)
-            )
+        drafts = self.capture.row_events(
+            self.mapper,
+            SNAPSHOT_OP,
+            [({"row": self.reader.payload_row(r)}, self.reader.key_of(r)[1]) for r in rows],
+            {"snapshot_id": snapshot_id},
+        )
         self.writer.insert(
             conn,
             [row_of(d) for d in drafts],

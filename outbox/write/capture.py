@@ -17,7 +17,7 @@ partitions, so an "update" across them would leave the old key alive forever).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,7 +25,7 @@ from sqlalchemy.exc import NoInspectionAvailable
 from sqlalchemy.orm import ColumnProperty, InstanceState, Mapper, Session
 
 from outbox.errors import ConfigurationError
-from outbox.write.draft import Draft, make_draft
+from outbox.write.draft import Draft, make_drafts
 from outbox.write.orm import identity_of, key_text, mapper_of, table_name
 
 
@@ -209,13 +209,23 @@ class CaptureRegistry:
     ) -> Draft:
         """A row event of `mapper`'s table: type ``<table>.<op>``, the table as aggregate type
         and topic, the primary key text as aggregate id (and so as the Kafka key)."""
+        [draft] = self.row_events(mapper, op, [(payload, aggregate_id)], headers)
+        return draft
+
+    def row_events(
+        self,
+        mapper: Mapper[Any],
+        op: str,
+        items: Sequence[tuple[Any, str]],
+        headers: dict[str, str] | None = None,
+    ) -> list[Draft]:
+        """`row_event` for many rows at once: one (payload, aggregate id) per row."""
         table = table_name(mapper)
-        return make_draft(
+        return make_drafts(
             event_type(mapper, op),
-            payload,
+            items,
             max_bytes=self.max_payload_bytes,
             aggregate_type=table,
-            aggregate_id=aggregate_id,
             key=None,
             topic=table,
             headers=headers,
