@@ -37,6 +37,7 @@ from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_snapshot_table,
     lease_table_name,
     members_table_name,
 )
@@ -97,12 +98,13 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox, lease and relays tables, for an application's
+    """A `MetaData` holding the outbox, lease, relays and snapshot tables, for an application's
     `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
     build_members_table(metadata, table, schema)
+    build_snapshot_table(metadata, table, schema)
     return metadata
 
 

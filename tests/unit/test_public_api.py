@@ -32,6 +32,8 @@ PUBLIC = {
     "PublishError",
     "Publisher",
     "RelayConfig",
+    "SnapshotError",
+    "SnapshotResult",
     "Status",
     "TableMissingError",
     "fix_sqlite_transactions",
@@ -44,6 +46,7 @@ COMMANDS = {
     "parked": {"drop", "list", "requeue"},
     "purge": set(),
     "relay": set(),
+    "snapshot": {"cancel", "run", "status"},
     "status": set(),
 }
 
