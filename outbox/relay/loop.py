@@ -38,6 +38,7 @@ from typing import Any
 
 from outbox.config import RelayConfig
 from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError, PublishError
+from outbox.relay.heartbeat import Heartbeat
 from outbox.relay.housekeeping import Housekeeping
 from outbox.relay.lease import LeaseKeeper
 from outbox.relay.observer import RelayObserver
@@ -106,6 +107,7 @@ class Relay:
         self._housekeeping = Housekeeping(config, self.store, self.observer)
         self._parked = ParkedKeys(self.store, config.hold_parked_keys)
         self._lease = LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
+        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer)
         self._pipeline = Pipeline(
             config,
             self.store,
@@ -144,6 +146,7 @@ class Relay:
     def run_once(self) -> int:
         """Start if needed, take the lease if free, and publish what is pending once."""
         self._start()
+        self._heartbeat.maybe_beat()
         if not self._lease.hold():
             return 0
         self._parked.invalidate()  # a single pass sees requeues and drops made just before it
@@ -169,6 +172,8 @@ class Relay:
     def close(self) -> None:
         """Release the lease, flush and close the publisher. Called by `run` on exit."""
         self._lease.release()
+        if self.state.started:
+            self._heartbeat.leave()
         if self._publisher is not None:
             try:
                 self._publisher.close(self.config.shutdown_timeout)
@@ -227,6 +232,7 @@ class Relay:
     # -- the loop ----------------------------------------------------------------------------
 
     def _cycle(self) -> int:
+        self._heartbeat.maybe_beat()
         if not self._lease.hold():
             return 0
         try:

@@ -34,9 +34,11 @@ from outbox.config import mask_url
 from outbox.errors import ConfigurationError
 from outbox.schema.tables import (
     build_lease_table,
+    build_members_table,
     build_outbox_table,
     build_partitions_table,
     lease_table_name,
+    members_table_name,
     partitions_table_name,
 )
 
@@ -76,6 +78,10 @@ class Target:
         return partitions_table_name(self.table)
 
     @property
+    def members_table(self) -> str:
+        return members_table_name(self.table)
+
+    @property
     def version_table(self) -> str:
         """The standalone command's version table: one per outbox table name."""
         return version_table_name(self.table)
@@ -91,11 +97,13 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox and lease tables, for an application's `target_metadata`."""
+    """A `MetaData` holding the outbox, lease and relays tables, for an application's
+    `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
     build_partitions_table(metadata, table, schema)
+    build_members_table(metadata, table, schema)
     return metadata
 
 
@@ -150,6 +158,7 @@ def include_object_for(
     """
     t = Target(table, schema)
     owned = {t.table, t.lease_table, t.partitions_table, t.version_table}
+    owned = {t.table, t.lease_table, t.members_table, t.version_table}
 
     def include_object(
         obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any

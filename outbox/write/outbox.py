@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session, object_session
 from outbox.errors import ConfigurationError, NotInstalledError, TableMissingError
 from outbox.schema.tables import (
     build_lease_table,
+    build_members_table,
     build_outbox_table,
     build_partitions_table,
     notify_channel,
@@ -84,6 +85,7 @@ class Outbox:
         self.table = build_outbox_table(self.metadata, table_name, schema)
         self.lease_table = build_lease_table(self.metadata, table_name, schema)
         self.partitions_table = build_partitions_table(self.metadata, table_name, schema)
+        self.members_table = build_members_table(self.metadata, table_name, schema)
         self.table_name = table_name
         self.schema = schema
         # Settings are fixed at construction: the collaborators below hold their own copies.

@@ -1,7 +1,7 @@
 """Partitioned relays: the partition number of every event, and the partition leases.
 
 Revision ID: 0003
-Revises: outbox_0001
+Revises: 0002
 Create Date: 2026-12-02
 
 Adds `p_partition` (crc32 of the effective key mod 64, see `outbox.partitioning`) with an index
@@ -22,7 +22,7 @@ from outbox.schema.backfill import backfill_chunk, outbox_clause
 from outbox.schema.migrate import current_target
 
 revision: str = "0003"
-down_revision: str | Sequence[str] | None = "outbox_0001"
+down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -38,6 +38,30 @@ def _sqlite_epoch(element: db_epoch, compiler: Any, **kw: Any) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+class db_now(FunctionElement[Any]):
+    """The database's clock as a timestamp (for the relays' heartbeats, which people read)."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(db_now, "mysql")
+@compiles(db_now, "mariadb")
+def _mysql_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "sysdate(6)"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    # UTC, with milliseconds (CURRENT_TIMESTAMP has whole seconds only).
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
 def create_relay_engine(db_url: str) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and

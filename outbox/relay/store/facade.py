@@ -11,18 +11,20 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from outbox.errors import TableMissingError
-from outbox.relay.records import ParkedEvent, PendingEvent, Status
+from outbox.relay.records import LeaseInfo, Member, ParkedEvent, PendingEvent, Status
 from outbox.relay.store.admin import Admin
 from outbox.relay.store.engine import create_relay_engine
 from outbox.relay.store.executor import Executor
 from outbox.relay.store.leases import LEASE_NAME, Lease, Leases
 from outbox.relay.store.marks import Fence, Marks
+from outbox.relay.store.members import Members
 from outbox.relay.store.partitions import PartitionLeases
 from outbox.relay.store.postgresql import PostgresWaker, psycopg_cursor
 from outbox.relay.store.reads import COUNT_ALL, EventReads
 from outbox.relay.store.waker import Waker
 from outbox.schema.tables import (
     build_lease_table,
+    build_members_table,
     build_outbox_table,
     build_partitions_table,
     notify_channel,
@@ -33,9 +35,9 @@ class OutboxStore:
     """The relay's view of one outbox table.
 
     Its roles, each usable alone: `executor` (connections and transactions), `leases` (the
-    lease table: election and fencing), `partitions` (partitioned mode's leases and switch),
-    `reads` (pending events), `marks` (completions and rejections, fenced), `admin` (the
-    operator's tools)."""
+    lease table: election and fencing), `members` (the relays table: heartbeats), `partitions`
+    (partitioned mode's leases and switch), `reads` (pending events), `marks` (completions and
+    rejections, fenced), `admin` (the operator's tools)."""
 
     def __init__(self, engine: sa.Engine, table: str = "outbox", schema: str | None = None) -> None:
         self.engine = engine
@@ -43,10 +45,12 @@ class OutboxStore:
         self.table = build_outbox_table(metadata, table, schema)
         self.lease_table = build_lease_table(metadata, table, schema)
         self.partitions_table = build_partitions_table(metadata, table, schema)
+        self.members_table = build_members_table(metadata, table, schema)
         self.channel = notify_channel(table, schema)
         self.dialect = engine.dialect.name
         self.executor = Executor(engine, psycopg_cursor(engine))
         self.leases = Leases(self.executor, self.lease_table)
+        self.members = Members(self.executor, self.members_table)
         self.reads = EventReads(self.executor, self.table)
         self.partitions = PartitionLeases(
             self.executor, self.partitions_table, self.lease_table, self.table
@@ -70,7 +74,7 @@ class OutboxStore:
     def check_table(self) -> None:
         """Raise `TableMissingError` unless the outbox tables exist."""
         inspector = sa.inspect(self.engine)
-        for table in (self.table, self.lease_table, self.partitions_table):
+        for table in (self.table, self.lease_table, self.members_table, self.partitions_table):
             if not inspector.has_table(table.name, schema=table.schema):
                 where = f"{table.schema}.{table.name}" if table.schema else table.name
                 raise TableMissingError(
@@ -105,6 +109,24 @@ class OutboxStore:
     def lease_holder(self, name: str = LEASE_NAME) -> tuple[str | None, int, float] | None:
         """(owner, epoch, seconds until expiry) of the lease, or None if never taken."""
         return self.leases.holder(name)
+
+    def lease_info(self, name: str = LEASE_NAME) -> LeaseInfo | None:
+        """The lease row for `outbox status`: holder, epoch, since when, last renewal."""
+        return self.leases.info(name)
+
+    # -- membership (see `Members`) --------------------------------------------------------
+
+    def beat(self, relay_id: str, host: str, pid: int, mode: str, ttl: float) -> list[Member]:
+        """Record `relay_id`'s heartbeat now (database clock); return the live relays."""
+        return self.members.heartbeat(relay_id, host, pid, mode, ttl)
+
+    def live_relays(self, ttl: float) -> list[Member]:
+        """The relays that beat within the last `ttl` seconds, oldest first."""
+        return self.members.live_members(ttl)
+
+    def leave(self, relay_id: str) -> None:
+        """Remove `relay_id` from the live relays (a clean stop)."""
+        self.members.remove(relay_id)
 
     # -- reading and marking (see `EventReads`, `Marks`) -----------------------------------
 
