@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 from outbox.errors import LeaseLostError
-from outbox.relay.store import Lease, OutboxStore
+from outbox.relay.store import Fence, Lease, OutboxStore
 
 logger = logging.getLogger("outbox.relay")
 
@@ -35,6 +36,31 @@ RENEWALS_PER_TTL = 3
 #: Fraction of the TTL after which this relay must not send without renewing first: ends before
 #: the database's expiry (counted from after the renewal started), with a margin for clock drift.
 DEADLINE_FRACTION = 0.8
+
+
+class LeaseHolder(Protocol):
+    """What the loop and the pipeline call: `LeaseKeeper` (one active relay per table) and
+    `outbox.relay.partition_keeper.PartitionKeeper` (partitioned mode) both provide it."""
+
+    ttl: float
+
+    @property
+    def current(self) -> Fence | None: ...
+
+    def partitions(self) -> list[int] | None:
+        """The partitions to read (None: the whole table)."""
+
+    def seconds_to_renewal(self) -> float: ...
+
+    def hold(self) -> bool: ...
+
+    def fresh(self) -> Fence: ...
+
+    def fence(self, why: str = ..., partitions: Collection[int | None] | None = None) -> Fence: ...
+
+    def lost(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class LeaseKeeper:
@@ -62,6 +88,10 @@ class LeaseKeeper:
     def current(self) -> Lease | None:
         """The lease held now (None while standby)."""
         return self._lease
+
+    def partitions(self) -> list[int] | None:
+        """None: the one active relay reads the whole table."""
+        return None
 
     def seconds_to_renewal(self) -> float:
         """Seconds until the held lease is due to be renewed (0 when due)."""
@@ -114,8 +144,11 @@ class LeaseKeeper:
         self._store.renew(self._lease, self.ttl)
         self._set_deadlines(now)
 
-    def fence(self, why: str = "no lease") -> Lease:
-        """The lease a fenced mark must carry; LeaseLostError(why) when none is held."""
+    def fence(
+        self, why: str = "no lease", partitions: Collection[int | None] | None = None
+    ) -> Lease:
+        """The lease a fenced mark must carry (whatever the `partitions` of its events);
+        LeaseLostError(why) when none is held."""
         if self._lease is None:
             raise LeaseLostError(why)
         return self._lease
@@ -155,4 +188,4 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseHolder", "LeaseKeeper"]

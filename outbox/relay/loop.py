@@ -8,6 +8,9 @@ Design (the guarantees; each role's module holds the details of its own)
   judged by the database's clock; a standby takes over within ``lease_ttl + 1`` seconds (7 s
   by default) after the holder dies. A single publisher per table is what keeps every key's
   events in outbox order however many sidecars run. See `outbox.relay.lease`.
+* **Or partitioned** (``partitioned=True``, docs/PARTITIONING.md): the relays of a table share
+  its 64 partitions, each a lease of its own, and every key keeps its order because a key lives
+  in one partition. See `outbox.relay.partition_keeper`; the loop below is the same.
 * **Fencing.** Taking the lease bumps its epoch; every mark (delete / park) is checked by the
   database against that epoch in the same transaction, and before each send the relay checks
   a local deadline that ends before the database's expiry. See `outbox.relay.lease`.
@@ -40,14 +43,15 @@ from outbox.config import RelayConfig
 from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError, PublishError
 from outbox.relay.heartbeat import Heartbeat
 from outbox.relay.housekeeping import Housekeeping
-from outbox.relay.lease import LeaseKeeper
+from outbox.relay.lease import LeaseHolder, LeaseKeeper
 from outbox.relay.observer import RelayObserver
 from outbox.relay.parked import ParkedKeys
+from outbox.relay.partition_keeper import PartitionKeeper
 from outbox.relay.pipeline import InFlight, InFlightBatches, Pipeline
 from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
 from outbox.relay.state import RelayHealth, RelayState
-from outbox.relay.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
+from outbox.relay.store import Fence, OutboxStore, Waker, create_relay_engine, is_transient_db_error
 from outbox.retry import retry_transient
 
 logger = logging.getLogger("outbox.relay")
@@ -106,8 +110,20 @@ class Relay:
         self._waker: Waker | None = None
         self._housekeeping = Housekeeping(config, self.store, self.observer)
         self._parked = ParkedKeys(self.store, config.hold_parked_keys)
-        self._lease = LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
-        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer)
+        mode = "partitioned" if config.partitioned else "single"
+        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer, mode)
+        self._lease: LeaseHolder = (
+            PartitionKeeper(
+                self.store,
+                self.owner,
+                config.lease_ttl,
+                self._heartbeat,
+                self._lease_changed,
+                self._partitions_moved,
+            )
+            if config.partitioned
+            else LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
+        )
         self._pipeline = Pipeline(
             config,
             self.store,
@@ -122,7 +138,7 @@ class Relay:
     # -- public ------------------------------------------------------------------------------
 
     @property
-    def lease(self) -> Lease | None:
+    def lease(self) -> Fence | None:
         return self._lease.current
 
     @property
@@ -220,6 +236,10 @@ class Relay:
         self.state.lease = held
         self.observer.lease(held, released=released)
 
+    def _partitions_moved(self, held: int, claimed: int, released: int, lost: int) -> None:
+        self._parked.invalidate()  # the last owner of a claimed partition may have parked
+        self.observer.partitions(held, claimed, released, lost)
+
     def _replace_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
         self.state.started = False  # _start builds a new one on the next cycle
@@ -265,7 +285,7 @@ class Relay:
         # Keys that must not be sent again in this pass: a failure or garbage in their line.
         blocked: set[str] = set()
         inflight = InFlightBatches(config.batch_size)
-        reader = OrderedReader(self.store, config.batch_size)
+        reader = OrderedReader(self.store, config.batch_size, self._lease.partitions())
         outage: PublishError | None = None
         exhausted = False
         batches = 0

@@ -42,6 +42,7 @@ COMMANDS = {
     "healthcheck": set(),
     "migrate": set(),
     "parked": {"drop", "list", "requeue"},
+    "partitions": {"disable", "enable"},
     "purge": set(),
     "relay": set(),
     "status": set(),
