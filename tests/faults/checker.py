@@ -120,6 +120,25 @@ def check(committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
     )
 
 
+def raw_order_violations(
+    committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
+) -> int:
+    """Order violations in the raw stream, repeats included: per key, in the order a consumer
+    reads them, each record of an event committed before one already read counts once (a
+    repeat of an earlier event, as an at-least-once relay sends after a takeover, counts)."""
+    position = {eid: index for ids in committed.values() for index, eid in enumerate(ids)}
+    highest: dict[str, int] = {}
+    violations = 0
+    for d in sorted(deliveries, key=lambda d: (d.partition, d.offset)):
+        index = position.get(d.event_id)
+        if index is None:
+            continue
+        if index < highest.get(d.key, -1):
+            violations += 1
+        highest[d.key] = max(index, highest.get(d.key, -1))
+    return violations
+
+
 def report(scenario: str, figures: Figures, **extra: Any) -> Figures:
     """Print the figures and write them to RESULTS_DIR/<scenario>.json."""
     figures.extra.update(extra)
