@@ -52,6 +52,9 @@ class LeaseHolder(Protocol):
 
     def seconds_to_renewal(self) -> float: ...
 
+    def round_due(self) -> bool:
+        """The pass should end now (between its batches) so that `hold` can rebalance."""
+
     def hold(self) -> bool: ...
 
     def fresh(self) -> Fence: ...
@@ -92,6 +95,10 @@ class LeaseKeeper:
     def partitions(self) -> list[int] | None:
         """None: the one active relay reads the whole table."""
         return None
+
+    def round_due(self) -> bool:
+        """Never: a pass ends by itself (BATCHES_PER_PASS)."""
+        return False
 
     def seconds_to_renewal(self) -> float:
         """Seconds until the held lease is due to be renewed (0 when due)."""

@@ -298,6 +298,7 @@ class Relay:
                 and not self._stop.is_set()
                 and batches < BATCHES_PER_PASS
                 and inflight.room()
+                and not self._lease.round_due()
             )
             if fetch:
                 started = last_fetch = time.monotonic()
@@ -324,6 +325,7 @@ class Relay:
                 and inflight.room()
                 and batches < BATCHES_PER_PASS
                 and not self._stop.is_set()
+                and not self._lease.round_due()
                 and (until_due := inflight.until_head_due()) is not None
             ):
                 # Until the head batch is acknowledged and due to be marked, watch for new

@@ -71,6 +71,9 @@ class PartitionKeeper:
         self.held: dict[int, int] = {}
         self._renew_at = 0.0
         self._deadline = 0.0
+        # Rounds have their own timer: the renewals `fresh` makes during a pass must not
+        # postpone the rebalance.
+        self._round_at = 0.0
         self._mode_logged = 0.0
 
     # -- the loop's contract (as LeaseKeeper) ------------------------------------------------
@@ -85,14 +88,21 @@ class PartitionKeeper:
         return sorted(self.held)
 
     def seconds_to_renewal(self) -> float:
-        return max(0.0, self._renew_at - time.monotonic())
+        return max(0.0, min(self._renew_at, self._round_at) - time.monotonic())
+
+    def round_due(self) -> bool:
+        """A rebalance round is due: the loop ends its pass (after the batches in flight)."""
+        return time.monotonic() >= self._round_at
 
     def hold(self) -> bool:
         """Between passes: when due, renew, rebalance to the fair share; True while any
         partition is held."""
         now = time.monotonic()
-        if now >= self._renew_at:
+        if now >= self._round_at:
+            self._round_at = now + self.ttl / RENEWALS_PER_TTL
             self._round(now)
+        elif now >= self._renew_at:
+            self._renew(now)
         return bool(self.held)
 
     def fresh(self) -> PartitionFence:
