@@ -93,8 +93,10 @@ class Relay:
         publisher_factory: Callable[[RelayConfig], Publisher] = default_publisher,
     ) -> None:
         self.config = config
+        # Partitioned mode: a frozen relay's open transaction must not hold partition rows.
+        idle = config.lease_ttl if config.partitioned else None
         self.store = store or OutboxStore(
-            create_relay_engine(config.db_url), config.table, config.schema
+            create_relay_engine(config.db_url, idle), config.table, config.schema
         )
         self.observer = observer or RelayObserver()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"

@@ -3,6 +3,7 @@ are worth retrying, and the database's clock (`db_epoch`) that every lease is me
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,8 @@ from sqlalchemy.sql.expression import FunctionElement
 
 from outbox.config import mask_url, parse_db_url
 from outbox.errors import ConfigurationError
+
+logger = logging.getLogger("outbox.relay.store")
 
 
 class db_epoch(FunctionElement[float]):
@@ -62,11 +65,16 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-def create_relay_engine(db_url: str) -> sa.Engine:
+def create_relay_engine(db_url: str, idle_transaction_timeout: float | None = None) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
-    fails at once with SQLITE_BUSY instead of waiting)."""
+    fails at once with SQLITE_BUSY instead of waiting).
+
+    `idle_transaction_timeout` (seconds; the relay passes its lease TTL): the server ends a
+    session left idle inside a transaction that long, as a relay frozen (SIGSTOP, a VM pause)
+    between its fence and its COMMIT would; its row locks on the lease rows would otherwise
+    block every other relay's takeover until it woke. Its lease has expired by then anyway."""
     url = parse_db_url(db_url)
     backend = url.get_backend_name()
     kwargs: dict[str, Any] = {"pool_size": 3, "max_overflow": 2, "pool_recycle": 1800}
@@ -80,7 +88,28 @@ def create_relay_engine(db_url: str) -> sa.Engine:
         raise ConfigurationError(f"cannot use database URL {mask_url(url)}: {e}") from None
     if backend == "sqlite":
         _sqlite_setup(engine)
+    elif idle_transaction_timeout is not None:
+        _idle_transaction_timeout(engine, backend, idle_transaction_timeout)
     return engine
+
+
+def _idle_transaction_timeout(engine: sa.Engine, backend: str, seconds: float) -> None:
+    if backend == "postgresql":
+        statement = f"SET idle_in_transaction_session_timeout = {max(1, int(seconds * 1000))}"
+    else:  # MariaDB (10.3+); MySQL has no such setting and keeps its default
+        statement = f"SET SESSION idle_transaction_timeout = {max(1, round(seconds))}"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(statement)
+        except Exception:  # MySQL: unknown variable; the relay works without it
+            logger.debug("cannot set the idle transaction timeout: %s", statement)
+        finally:
+            cursor.close()
+        if backend == "postgresql":
+            dbapi_conn.commit()  # psycopg opened a transaction for the SET
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:

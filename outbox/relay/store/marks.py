@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from outbox.errors import LeaseLostError
 from outbox.relay.store.executor import Executor, now
 from outbox.relay.store.leases import Lease, Leases
 from outbox.relay.store.partitions import PartitionFence, PartitionLeases
@@ -50,6 +51,16 @@ class Marks:
     def complete(self, lease: Fence, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
         if not seqs:
+            return
+        if self.fenced is not None and isinstance(lease, PartitionFence):
+            ((where, params),) = self.seq_conditions(seqs)  # one condition on PostgreSQL
+            if retain:
+                params = {**params, "published_at": now()}
+            statement = self._partitions.fenced(
+                lease, ttl, lambda held: self.completion(sa.and_(where, held), retain)
+            )
+            if self._executor.rows(statement, params)[0][0] != len(lease.epochs):
+                raise LeaseLostError(f"partitions {sorted(lease.epochs)} are no longer all ours")
             return
         if self.fenced is not None and isinstance(lease, Lease):
             ((where, params),) = self.seq_conditions(seqs)  # one condition on PostgreSQL

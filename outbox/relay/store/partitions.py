@@ -16,11 +16,12 @@ and must match every partition of the batch, or the transaction is rolled back.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 
 from outbox.errors import LeaseLostError
 from outbox.partitioning import PARTITIONS
@@ -37,6 +38,8 @@ ENABLING = "@enabling"
 DRAINING = "@draining"
 #: The sentinel's expiry: the year 33658, by any database's clock.
 FOREVER = 1e12
+#: A claim waits at most this long for a partition row another relay's transaction locks.
+CLAIM_LOCK_WAIT = 1
 
 Mode = str  # "single", "partitioned", "enabling" or "draining"
 
@@ -121,13 +124,26 @@ class PartitionLeases:
                 renewed_at=db_epoch(),
             )
         )  # fmt: skip
-        with self._executor.write() as conn:
-            if conn.execute(take).rowcount != 1:
-                return None
-            epoch = conn.execute(
-                sa.select(pt.c.epoch).where(pt.c.partition == partition, pt.c.owner == owner)
-            ).scalar_one()
+        try:
+            with self._executor.write() as conn:
+                self._short_lock_wait(conn)
+                if conn.execute(take).rowcount != 1:
+                    return None
+                epoch = conn.execute(
+                    sa.select(pt.c.epoch).where(pt.c.partition == partition, pt.c.owner == owner)
+                ).scalar_one()
+        except exc.DBAPIError as error:
+            if not _lock_timeout(error):
+                raise
+            return None  # a frozen owner's transaction locks it: not claimable now
         return int(epoch)
+
+    def _short_lock_wait(self, conn: sa.Connection) -> None:
+        """This transaction waits at most `CLAIM_LOCK_WAIT` seconds for a row lock."""
+        if self._executor.dialect == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{CLAIM_LOCK_WAIT}s'")
+        elif self._executor.dialect in ("mysql", "mariadb"):
+            conn.exec_driver_sql(f"SET SESSION innodb_lock_wait_timeout = {CLAIM_LOCK_WAIT}")
 
     def _held(self, owner: str, epochs: Mapping[int, int]) -> sa.ColumnElement[bool]:
         pt = self.table
@@ -169,6 +185,30 @@ class PartitionLeases:
             raise LeaseLostError(
                 f"partitions {sorted(fence.epochs)} are no longer all ours ({matched} matched)"
             )
+
+    def fenced(
+        self,
+        fence: PartitionFence,
+        ttl: float,
+        change: Callable[[sa.ColumnElement[bool]], sa.Delete | sa.Update],
+    ) -> sa.Select[Any]:
+        """PostgreSQL: the fence and the mark as one autocommit statement (as
+        `postgresql.FencedCompletion`): ``WITH fence AS (UPDATE partitions ... RETURNING
+        partition), change AS (DELETE ... WHERE ... AND (SELECT count(*) FROM fence) = n)
+        SELECT count(*) FROM fence``. A statement cannot be left half-done by a frozen client,
+        so no row lock outlives it. The result is the number of partitions matched: the mark
+        happened only if it equals ``len(fence.epochs)``."""
+        pt = self.table
+        renewed = (
+            sa.update(pt)
+            .where(self._held(fence.owner, fence.epochs))
+            .values(expires_at=db_epoch() + ttl, renewed_at=db_epoch())
+            .returning(pt.c.partition)
+            .cte("fence")
+        )
+        matched = sa.select(sa.func.count()).select_from(renewed).scalar_subquery()
+        marked = change(matched == len(fence.epochs)).cte("change")
+        return sa.select(sa.func.count()).select_from(renewed).add_cte(marked)
 
     def release(self, owner: str, epochs: Mapping[int, int]) -> None:
         """Give partitions up at once (after their in-flight batches were marked)."""
@@ -281,9 +321,12 @@ class PartitionLeases:
         return [int(p) for p in held]
 
 
-def wait(seconds: float) -> None:
-    """The switch's waits (a function, so that the CLI can say what it waits for first)."""
-    time.sleep(max(0.0, seconds))
+def _lock_timeout(error: exc.DBAPIError) -> bool:
+    """PostgreSQL's lock_not_available (55P03), MySQL/MariaDB's lock wait timeout (1205)."""
+    orig = error.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    args = getattr(orig, "args", ())
+    return code == "55P03" or bool(args and args[0] == 1205)
 
 
 __all__ = [
