@@ -191,6 +191,14 @@ class Pipeline:
             self.observer.parked("<unencodable>", len(garbage), garbage[0][1])
         return sendable, messages
 
+    def _drain_on_stop(self, started: float) -> bool:
+        """Stopping: whether to keep waiting for this delivery. Partitioned mode waits up to
+        half the shutdown timeout, so that a SIGTERM marks what it sent before its partitions
+        are released (a graceful leave repeats nothing); single-active mode stops at once."""
+        return self.config.partitioned and (
+            time.monotonic() - started < self.config.shutdown_timeout / 2
+        )
+
     def _await(self, delivery: Delivery) -> list[PublishError | None]:
         """Wait for a delivery in short slices: a stop request is honoured within a slice, and
         a broker silent for `SILENT_BROKER` seconds is reported down (/readyz) while the
@@ -199,7 +207,7 @@ class Pipeline:
         started = time.monotonic()
         while not delivery.done():
             waited = time.monotonic() - started
-            if self._stop.is_set() or waited >= ACK_TIMEOUT:
+            if waited >= ACK_TIMEOUT or (self._stop.is_set() and not self._drain_on_stop(started)):
                 break
             if waited >= SILENT_BROKER:
                 self._mark(
