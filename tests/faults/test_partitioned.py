@@ -272,7 +272,12 @@ def test_sigkill_is_taken_over_and_a_sigstopped_relay_cannot_mark(
         time.sleep(1)
         frozen.process.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
-        wait_until(lambda: balanced(app.engine, 1), 30, "the last relay to take every partition")
+        try:
+            wait_until(lambda: balanced(app.engine, 1), 30, "the last relay to take every partition")
+        except AssertionError:
+            print("HOLD", holdings(app.engine))
+            print("\n".join(x[:300] for x in survivor.lines[-40:]))
+            raise
         stop_takeover = time.monotonic() - stopped
         frozen.process.send_signal(signal.SIGCONT)
         frozen.wait_for_log("lost", timeout=30)  # its first renewal: the partitions are gone
