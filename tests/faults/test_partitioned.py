@@ -273,7 +273,9 @@ def test_sigkill_is_taken_over_and_a_sigstopped_relay_cannot_mark(
         frozen.process.send_signal(signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            wait_until(lambda: balanced(app.engine, 1), 30, "the last relay to take every partition")
+            wait_until(
+                lambda: balanced(app.engine, 1), 30, "the last relay to take every partition"
+            )
         except AssertionError:
             print("HOLD", holdings(app.engine))
             print("\n".join(x[:300] for x in survivor.lines[-40:]))
