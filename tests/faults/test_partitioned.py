@@ -274,12 +274,11 @@ def test_sigkill_is_taken_over_and_a_sigstopped_relay_cannot_mark(
         stopped = time.monotonic()
         try:
             wait_until(
-                lambda: balanced(app.engine, 1), 30, "the last relay to take every partition"
+                lambda: balanced(app.engine, 1), 60, "the last relay to take every partition"
             )
-        except AssertionError:
-            print("HOLD", holdings(app.engine))
-            print("\n".join(x[:300] for x in survivor.lines[-40:]))
-            raise
+        except AssertionError as error:  # say who holds what, and what the survivor did
+            tail = "\n".join(survivor.lines[-30:])
+            raise AssertionError(f"{error}: {holdings(app.engine)}\n{tail}") from None
         stop_takeover = time.monotonic() - stopped
         frozen.process.send_signal(signal.SIGCONT)
         frozen.wait_for_log("lost", timeout=30)  # its first renewal: the partitions are gone
