@@ -230,6 +230,8 @@ class RelayProcess:
             env=env or clean_env(),
         )
         self.lines: list[str] = []
+        #: When each line was read (`time.monotonic`), in step with `lines`.
+        self.times: list[float] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -240,6 +242,7 @@ class RelayProcess:
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
+            self.times.append(time.monotonic())
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -251,6 +254,13 @@ class RelayProcess:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def lines_seen_at(self, text: str) -> float:
+        """When the first line holding `text` was read (`time.monotonic`)."""
+        for line, seen in zip(list(self.lines), list(self.times), strict=False):
+            if text in line:
+                return seen
+        raise AssertionError(f"no {text!r} in the relay's log:\n{self.log[-3000:]}")
 
     def wait_for_log(self, text: str, timeout: float = 30, times: int = 1) -> None:
         deadline = time.monotonic() + timeout

@@ -24,18 +24,9 @@ if TYPE_CHECKING:
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h"
+    from outbox.ops.logs import format_duration
+
+    return "-" if seconds is None else format_duration(seconds)
 
 
 @dataclass(frozen=True, slots=True)

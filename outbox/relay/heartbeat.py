@@ -32,7 +32,8 @@ class Heartbeat:
         observer: RelayObserver,
         mode: str = "single",
     ) -> None:
-        self._store = store
+        #: Where the row is written: the loop's store, or the lease keeper's own (`RenewalTimer`).
+        self.store = store
         self.relay_id = relay_id
         self.ttl = ttl
         self.mode = mode
@@ -54,7 +55,7 @@ class Heartbeat:
         """Beat now; False (logged at debug) when the database could not be reached."""
         now = time.monotonic()
         try:
-            live = self._store.beat(self.relay_id, self._host, self._pid, self.mode, self.ttl)
+            live = self.store.beat(self.relay_id, self._host, self._pid, self.mode, self.ttl)
         except Exception as error:
             logger.debug("heartbeat failed: %s", first_line(error))
             self._next = now + min(1.0, self.ttl / RENEWALS_PER_TTL)
@@ -73,7 +74,7 @@ class Heartbeat:
     def leave(self) -> None:
         """Remove this relay's row (a clean stop); harmless when the database is gone."""
         try:
-            self._store.leave(self.relay_id)
+            self.store.leave(self.relay_id)
         except Exception as error:
             logger.debug("could not remove this relay from the relays table: %s", first_line(error))
 

@@ -13,7 +13,10 @@ Design (the guarantees; each role's module holds the details of its own)
   in one partition. See `outbox.relay.partition_keeper`; the loop below is the same.
 * **Fencing.** Taking the lease bumps its epoch; every mark (delete / park) is checked by the
   database against that epoch in the same transaction, and before each send the relay checks
-  a local deadline that ends before the database's expiry. See `outbox.relay.lease`.
+  a local deadline that ends before the database's expiry. The lease is renewed on its own
+  thread and connection, so a broker outage never moves it; a watchdog forgets it at the local
+  deadline, and losing it aborts the producer (nothing buffered goes out after a takeover).
+  See `outbox.relay.lease` and `outbox.relay.timer`.
 * **At least once.** A row is deleted only after the broker acknowledged it; on a failure the
   rows of its key that follow it are not marked either. See `outbox.relay.pipeline`.
 * **No skipped rows, no overtaking.** Each pass reads from the first pending row. Within a pass
@@ -52,6 +55,7 @@ from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
 from outbox.relay.state import RelayHealth, RelayState
 from outbox.relay.store import Fence, OutboxStore, Waker, create_relay_engine, is_transient_db_error
+from outbox.relay.timer import RenewalTimer
 from outbox.retry import retry_transient
 
 logger = logging.getLogger("outbox.relay")
@@ -96,7 +100,9 @@ class Relay:
         # Partitioned mode: a frozen relay's open transaction must not hold partition rows.
         idle = config.lease_ttl if config.partitioned else None
         self.store = store or OutboxStore(
-            create_relay_engine(config.db_url, idle), config.table, config.schema
+            create_relay_engine(config.db_url, idle_transaction_timeout=idle),
+            config.table,
+            config.schema,
         )
         self.observer = observer or RelayObserver()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -126,6 +132,8 @@ class Relay:
             if config.partitioned
             else LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
         )
+        self._timer: RenewalTimer | None = None
+        self._standby_told = False
         self._pipeline = Pipeline(
             config,
             self.store,
@@ -175,6 +183,7 @@ class Relay:
         broker at start-up; configuration mistakes and a missing table raise at once."""
         try:
             self._retry(self._start)
+            self._start_timer()
             while not self._stop.is_set():
                 self.state.last_loop = time.monotonic()
                 published = self._retry(self._cycle)
@@ -189,9 +198,14 @@ class Relay:
 
     def close(self) -> None:
         """Release the lease, flush and close the publisher. Called by `run` on exit."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
         self._lease.release()
         if self.state.started:
             self._heartbeat.leave()
+        if timer is not None:
+            timer.store.dispose()
         if self._publisher is not None:
             try:
                 self._publisher.close(self.config.shutdown_timeout)
@@ -233,10 +247,39 @@ class Relay:
             self.store.table.fullname,
         )
 
+    def _start_timer(self) -> None:
+        """Renew the lease, beat and sample the backlog on the lease keeper's own thread and
+        connection from now on (`outbox.relay.timer`)."""
+        # Partitioned mode renews and rebalances from the loop, between passes (its rounds
+        # must not run beside a pass: release-then-claim needs nothing in flight).
+        if self._timer is not None or not isinstance(self._lease, LeaseKeeper):
+            return
+        companion = self.store.companion()
+        if companion is None:  # an in-memory database: the loop renews, as in `run_once`
+            return
+        self._heartbeat.store = companion
+        self._timer = RenewalTimer(self._lease, companion, self._heartbeat, self.observer)
+        self._timer.start()
+
     def _lease_changed(self, held: bool, released: bool) -> None:
+        # Called from the thread that noticed: the loop's, the lease keeper's or the watchdog's.
+        if not held and not released:
+            self._abort_sending()
         self._parked.invalidate()  # another relay may have parked events meanwhile
         self.state.lease = held
         self.observer.lease(held, released=released)
+
+    def _abort_sending(self) -> None:
+        """The lease is lost (or may expire): records still buffered in the producer must not
+        reach the broker after another relay took over. A publisher that offers `abort` drops
+        them and fails their deliveries (docs/RELIABILITY.md says what window remains)."""
+        abort = getattr(self._publisher, "abort", None)
+        if abort is None:
+            return
+        try:
+            abort()
+        except OutboxError as error:
+            logger.warning("aborting the publisher: %s", error)
 
     def _partitions_moved(self, held: int, claimed: int, released: int, lost: int) -> None:
         self._parked.invalidate()  # the last owner of a claimed partition may have parked
@@ -254,16 +297,21 @@ class Relay:
     # -- the loop ----------------------------------------------------------------------------
 
     def _cycle(self) -> int:
-        self._heartbeat.maybe_beat()
+        if self._timer is None:
+            self._heartbeat.maybe_beat()
         if not self._lease.hold():
+            if not self._standby_told:  # once: a relay that starts as a standby says so
+                self._standby_told = True
+                self.observer.lease(False)
             return 0
         try:
             published = self._pass()
         except LeaseLostError as error:
-            logger.warning("lease lost while publishing (%s): now standby", error)
+            # The observer logs the loss once (a warning); this is its cause.
+            logger.info("stopped publishing: %s", error)
             self._lease.lost()
             return 0
-        self._housekeeping.run()
+        self._housekeeping.run(sample=self._timer is None)
         return published
 
     def _idle(self) -> None:
@@ -271,7 +319,9 @@ class Relay:
             # Standby: try to take over about once a second.
             self._stop.wait(min(1.0, self.config.lease_ttl / 4))
             return
-        timeout = min(self.config.poll_interval, self._lease.seconds_to_renewal())
+        timeout = self.config.poll_interval
+        if self._timer is None:  # the loop renews itself: wake up in time for it
+            timeout = min(timeout, self._lease.seconds_to_renewal())
         if self._waker is not None:
             self._waker.wait(timeout)
         else:
@@ -316,6 +366,7 @@ class Relay:
                 if events:
                     sendable, messages = pipeline.encode(events, blocked)
                     if sendable:
+                        self._lease.sendable()  # the read may have outlasted the lease
                         delivery = publisher.publish(messages)
                         inflight.add(InFlight(sendable, messages, delivery, started))
                     continue

@@ -120,6 +120,14 @@ class PartitionKeeper:
             raise LeaseLostError("local partition lease deadline passed")
         return PartitionFence(self.owner, dict(self.held))
 
+    def sendable(self) -> PartitionFence:
+        """Check, without a database call, that a send may start now (right before it)."""
+        if not self.held:
+            raise LeaseLostError("no partition")
+        if time.monotonic() >= self._deadline:
+            raise LeaseLostError("local partition lease deadline passed")
+        return PartitionFence(self.owner, dict(self.held))
+
     def fence(
         self, why: str = "no partition", partitions: Collection[int | None] | None = None
     ) -> PartitionFence:

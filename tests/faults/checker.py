@@ -120,23 +120,23 @@ def check(committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
     )
 
 
-def raw_order_violations(
+def raw_order_regressions(
     committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
 ) -> int:
-    """Order violations in the raw stream, repeats included: per key, in the order a consumer
-    reads them, each record of an event committed before one already read counts once (a
-    repeat of an earlier event, as an at-least-once relay sends after a takeover, counts)."""
-    position = {eid: index for ids in committed.values() for index, eid in enumerate(ids)}
+    """Per key, in the order a consumer reads them, the deliveries (repeats included) of an
+    event committed before one of its key already delivered: what a consumer that does not drop
+    repeats sees go backwards. A resent tail (5 6 7 5 6 7) counts 2 (the second 5 and 6)."""
+    position = {event_id: index for ids in committed.values() for index, event_id in enumerate(ids)}
     highest: dict[str, int] = {}
-    violations = 0
+    regressions = 0
     for d in sorted(deliveries, key=lambda d: (d.partition, d.offset)):
         index = position.get(d.event_id)
         if index is None:
             continue
         if index < highest.get(d.key, -1):
-            violations += 1
+            regressions += 1
         highest[d.key] = max(index, highest.get(d.key, -1))
-    return violations
+    return regressions
 
 
 def report(scenario: str, figures: Figures, **extra: Any) -> Figures:

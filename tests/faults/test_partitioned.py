@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from outbox.partitioning import PARTITIONS
 from outbox.relay.store.engine import db_epoch
 from outbox.schema.tables import build_partitions_table
-from tests.faults.checker import Ledger, assert_exact, check, raw_order_violations, report
+from tests.faults.checker import Ledger, assert_exact, check, raw_order_regressions, report
 from tests.faults.harness import (
     App,
     Transaction,
@@ -212,7 +212,7 @@ def test_relays_join_and_leave_under_load_with_a_hot_key(
         report(
             f"p1-join-leave-{backend_of(url)}",
             figures,
-            raw_order_violations=raw_order_violations(ledger.by_key, deliveries),
+            raw_order_violations=raw_order_regressions(ledger.by_key, deliveries),
             events_per_s=round(rate),
             hot_key_share=round(hot / ledger.total, 2),
             seconds_to_balance_1_to_3=round(balance_s[0], 2),
@@ -293,7 +293,7 @@ def test_sigkill_is_taken_over_and_a_sigstopped_relay_cannot_mark(
         report(
             f"p2-kill-stop-{backend_of(url)}",
             figures,
-            raw_order_violations=raw_order_violations(ledger.by_key, deliveries),
+            raw_order_violations=raw_order_regressions(ledger.by_key, deliveries),
             sigkill_takeover_s=round(takeover, 2),
             sigstop_takeover_s=round(stop_takeover, 2),
             lease_ttl_s=TTL,
@@ -356,7 +356,7 @@ def test_switching_modes_while_the_application_writes(
         report(
             f"p3-mode-switch-{backend_of(url)}",
             figures,
-            raw_order_violations=raw_order_violations(ledger.by_key, deliveries),
+            raw_order_violations=raw_order_regressions(ledger.by_key, deliveries),
         )
         assert_exact(figures)
         # Taking the lease from the running single relay repeats at most its in-flight batches.

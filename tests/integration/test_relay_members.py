@@ -93,7 +93,7 @@ def test_status_shows_the_lease_holder_and_the_live_standbys(db_url: str) -> Non
         assert "standby" in text
 
         active.close()  # releases the lease and leaves
-        status = json.loads(run("status", "--db-url", db_url, "--json").stdout)
+        status = json.loads(run("status", "--db-url", db_url, "--json", "--lease-ttl", "30").stdout)
         assert status["lease"]["owner"] is None
         assert [r["relay_id"] for r in status["relays"]] == [standby.owner]
     finally:

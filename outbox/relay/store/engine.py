@@ -65,19 +65,26 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-def create_relay_engine(db_url: str, idle_transaction_timeout: float | None = None) -> sa.Engine:
+def create_relay_engine(
+    db_url: str, pool_size: int = 3, idle_transaction_timeout: float | None = None
+) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
-    fails at once with SQLITE_BUSY instead of waiting).
+    fails at once with SQLITE_BUSY instead of waiting). `pool_size` 1: one connection, no
+    overflow (the lease keeper's).
 
-    `idle_transaction_timeout` (seconds; the relay passes its lease TTL): the server ends a
-    session left idle inside a transaction that long, as a relay frozen (SIGSTOP, a VM pause)
-    between its fence and its COMMIT would; its row locks on the lease rows would otherwise
-    block every other relay's takeover until it woke. Its lease has expired by then anyway."""
+    `idle_transaction_timeout` (seconds; partitioned relays pass their lease TTL): the server
+    ends a session left idle inside a transaction that long, as a relay frozen (SIGSTOP, a VM
+    pause) between its fence and its COMMIT would; its row locks on the partition rows would
+    otherwise block every other relay's takeover until it woke. Its lease has expired by then."""
     url = parse_db_url(db_url)
     backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_size": 3, "max_overflow": 2, "pool_recycle": 1800}
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 2 if pool_size > 1 else 0,
+        "pool_recycle": 1800,
+    }
     if backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
     if backend == "sqlite":

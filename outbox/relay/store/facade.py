@@ -62,6 +62,16 @@ class OutboxStore:
     def from_url(cls, db_url: str, table: str = "outbox", schema: str | None = None) -> OutboxStore:
         return cls(create_relay_engine(db_url), table, schema)
 
+    def companion(self) -> OutboxStore | None:
+        """The same tables through an engine of its own with one connection (the lease keeper's,
+        so that the loop's pool never starves a renewal). None for an in-memory SQLite
+        database, which exists only on its own engine (and connection)."""
+        url = self.engine.url
+        if self.dialect == "sqlite" and url.database in (None, "", ":memory:"):
+            return None
+        engine = create_relay_engine(url.render_as_string(hide_password=False), pool_size=1)
+        return OutboxStore(engine, self.table.name, self.table.schema)
+
     def dispose(self) -> None:
         self.engine.dispose()
 
