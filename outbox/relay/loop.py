@@ -49,7 +49,7 @@ from outbox.relay.housekeeping import Housekeeping
 from outbox.relay.lease import LeaseHolder, LeaseKeeper
 from outbox.relay.observer import RelayObserver
 from outbox.relay.parked import ParkedKeys
-from outbox.relay.partition_keeper import PartitionKeeper
+from outbox.relay.partition_keeper import keeper_for
 from outbox.relay.pipeline import InFlight, InFlightBatches, Pipeline
 from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
@@ -120,17 +120,8 @@ class Relay:
         self._parked = ParkedKeys(self.store, config.hold_parked_keys)
         mode = "partitioned" if config.partitioned else "single"
         self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer, mode)
-        self._lease: LeaseHolder = (
-            PartitionKeeper(
-                self.store,
-                self.owner,
-                config.lease_ttl,
-                self._heartbeat,
-                self._lease_changed,
-                self._partitions_moved,
-            )
-            if config.partitioned
-            else LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
+        self._lease: LeaseHolder = keeper_for(
+            config, self.store, self.owner, self._heartbeat, self._lease_changed, self._moved
         )
         self._timer: RenewalTimer | None = None
         self._standby_told = False
@@ -281,7 +272,7 @@ class Relay:
         except OutboxError as error:
             logger.warning("aborting the publisher: %s", error)
 
-    def _partitions_moved(self, held: int, claimed: int, released: int, lost: int) -> None:
+    def _moved(self, held: int, claimed: int, released: int, lost: int) -> None:
         self._parked.invalidate()  # the last owner of a claimed partition may have parked
         self.observer.partitions(held, claimed, released, lost)
 

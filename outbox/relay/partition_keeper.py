@@ -27,10 +27,17 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 
+from outbox.config import RelayConfig
 from outbox.errors import LeaseLostError
 from outbox.partitioning import PARTITIONS
 from outbox.relay.heartbeat import Heartbeat
-from outbox.relay.lease import DEADLINE_FRACTION, RENEWALS_PER_TTL, first_line
+from outbox.relay.lease import (
+    DEADLINE_FRACTION,
+    RENEWALS_PER_TTL,
+    LeaseHolder,
+    LeaseKeeper,
+    first_line,
+)
 from outbox.relay.store import OutboxStore, PartitionFence
 
 logger = logging.getLogger("outbox.relay")
@@ -243,4 +250,18 @@ class PartitionKeeper:
             self._on_change(bool(held), released)
 
 
-__all__ = ["PartitionKeeper", "fair_share"]
+def keeper_for(
+    config: RelayConfig,
+    store: OutboxStore,
+    owner: str,
+    heartbeat: Heartbeat,
+    on_change: Callable[[bool, bool], None],
+    on_moved: Callable[[int, int, int, int], None],
+) -> LeaseHolder:
+    """The relay's keeper: its partitions (partitioned mode) or the table's one lease."""
+    if config.partitioned:
+        return PartitionKeeper(store, owner, config.lease_ttl, heartbeat, on_change, on_moved)
+    return LeaseKeeper(store, owner, config.lease_ttl, on_change)
+
+
+__all__ = ["PartitionKeeper", "fair_share", "keeper_for"]
