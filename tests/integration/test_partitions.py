@@ -150,6 +150,7 @@ def test_relays_share_the_partitions_and_publish_every_event_once(
     finally:
         for relay in relays:
             relay.close()
+            relay.store.dispose()
 
 
 def test_status_json_lists_each_relays_partitions(store: OutboxStore, url: str) -> None:
@@ -242,3 +243,4 @@ def test_partitioned_relay_in_single_mode_waits(store: OutboxStore, url: str) ->
         assert relay.run_once() == 0 and relay.lease is None
     finally:
         relay.close()
+        relay.store.dispose()
