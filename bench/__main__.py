@@ -36,6 +36,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "bench.drain",
     "bench.growth",
     "bench.snapshot",
+    "bench.scaleout",
 )
 
 RESULTS = Path(__file__).parent / "results"

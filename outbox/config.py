@@ -100,6 +100,11 @@ class RelayConfig:
     #: Seconds to finish the batch in flight at shutdown.
     shutdown_timeout: float = 10.0
     log_format: LogFormat = "text"
+    #: Share the table with the other partitioned relays (docs/PARTITIONING.md) instead of
+    #: one active relay per table. The table must be switched with `outbox partitions enable`.
+    partitioned: bool = False
+    #: Member processes one `outbox relay --partitioned` runs (one core each).
+    workers: int = 1
 
     def __post_init__(self) -> None:
         parse_db_url(self.db_url)
@@ -112,6 +117,14 @@ class RelayConfig:
         _positive("lease_ttl", self.lease_ttl)
         _positive("max_attempts", self.max_attempts, integer=True)
         _positive("shutdown_timeout", self.shutdown_timeout)
+        _positive("workers", self.workers, integer=True)
+        if self.workers > 1 and not self.partitioned:
+            raise ConfigurationError("workers > 1 needs partitioned mode (--partitioned)")
+        if self.partitioned and parse_db_url(self.db_url).get_backend_name() == "sqlite":
+            raise ConfigurationError(
+                "partitioned mode is not supported on SQLite (one writer per database file: "
+                "more relays cannot go faster); run one relay in the default mode"
+            )
         if self.retention < 0:
             raise ConfigurationError(f"retention must be >= 0 seconds, got {self.retention}")
         if self.envelope not in ENVELOPES:
@@ -164,9 +177,9 @@ class RelayConfig:
         return cls(**values)
 
 
-_INTS = {"batch_size", "max_attempts", "health_port", "metrics_port"}
+_INTS = {"batch_size", "max_attempts", "health_port", "metrics_port", "workers"}
 _FLOATS = {"poll_interval", "lease_ttl", "retention", "shutdown_timeout"}
-_BOOLS = {"hold_parked_keys"}
+_BOOLS = {"hold_parked_keys", "partitioned"}
 
 
 def _convert(name: str, raw: str) -> Any:

@@ -137,13 +137,20 @@ def consume(
 
 
 def create_outbox_tables(url: str, table: str = "outbox", schema: str | None = None) -> sa.Table:
-    """Create the outbox, lease and relays tables straight from the model; returns the outbox
-    table."""
-    from outbox.schema.tables import build_lease_table, build_members_table, build_outbox_table
+    """Create the outbox and lease tables straight from the model; returns the outbox table."""
+    """Create the outbox, lease, relays and partitions tables straight from the model; returns
+    the outbox table."""
+    from outbox.schema.tables import (
+        build_lease_table,
+        build_members_table,
+        build_outbox_table,
+        build_partitions_table,
+    )
 
     metadata = sa.MetaData()
     outbox_table = build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
+    build_partitions_table(metadata, table, schema)
     build_members_table(metadata, table, schema)
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:

@@ -17,6 +17,7 @@ from outbox.cli._options import CONTEXT, parse_duration
 from outbox.cli.demo import demo
 from outbox.cli.maintenance import healthcheck, migrate, purge
 from outbox.cli.parked import parked
+from outbox.cli.partitions import partitions
 from outbox.cli.relay import relay
 from outbox.cli.snapshot import snapshot
 from outbox.cli.status import status
@@ -36,6 +37,7 @@ def cli() -> None:
       outbox status --db-url URL                   backlog and parked events
       outbox parked list --db-url URL              events the broker rejected for good
       outbox snapshot run --db-url URL --app APP --model MODEL   existing rows as events
+      outbox partitions enable --db-url URL        let partitioned relays share the table
       outbox demo                                  the whole flow on this machine
 
     Every option can also be set with an environment variable (OUTBOX_DB_URL, OUTBOX_TABLE,
@@ -44,7 +46,7 @@ def cli() -> None:
     """
 
 
-for _command in (migrate, relay, status, parked, purge, healthcheck, demo, snapshot):
+for _command in (migrate, relay, status, parked, partitions, purge, healthcheck, demo, snapshot):
     cli.add_command(_command)
 
 

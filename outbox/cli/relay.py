@@ -188,6 +188,24 @@ _D = _relay_defaults()
     help="On SIGTERM/SIGINT, seconds to finish the batch in flight before exiting anyway.",
 )
 @click.option(
+    "--partitioned/--single-active",
+    default=None,
+    envvar="OUTBOX_PARTITIONED",
+    show_envvar=True,
+    help="Share the table with the other partitioned relays, each publishing its share of 64 "
+    "partitions (needs `outbox partitions enable`; docs/PARTITIONING.md), or be the one active "
+    "relay per table (the default).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    envvar="OUTBOX_WORKERS",
+    show_envvar=True,
+    show_default=str(_D["workers"]),
+    help="With --partitioned: member relay processes to run in this sidecar (one core each); "
+    "worker i serves health and metrics on port + i.",
+)
+@click.option(
     "-X",
     "--producer-config",
     multiple=True,
@@ -220,6 +238,16 @@ def relay(log_level: str, producer_config: dict[str, Any], **options: Any) -> No
 
     producer_settings(config.bootstrap_servers, config.producer_config)
     configure_logging(config.log_format, log_level)
+    if config.workers > 1:
+        import sys
+
+        from outbox.ops.workers import Workers
+
+        code = Workers(config, log_level).run()
+        logger.info("relay workers stopped")
+        if code:
+            sys.exit(code)
+        return
     observers: list[RelayObserver] = [LoggingObserver(), ProgressObserver()]
     render_metrics = None
     if config.metrics_port is not None:

@@ -1,6 +1,6 @@
 """`outbox status`: the backlog, the age of the oldest pending event, parked events, and the
 fleet: which relay holds the lease (owner, epoch, since when, last renewal) and the live
-standbys."""
+standbys; in partitioned mode, the partitions each live relay holds."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
     from outbox.relay.records import LeaseInfo, Member, Status
-    from outbox.relay.store import OutboxStore
+    from outbox.relay.store import Mode, OutboxStore, PartitionRow
 
 
 # -- status --------------------------------------------------------------------------------------
@@ -36,24 +36,59 @@ class Snapshot:
     status: Status
     lease: LeaseInfo | None
     relays: list[Member]
+    mode: Mode
+    #: The partition leases (empty until `outbox partitions enable` created them).
+    partitions: list[PartitionRow]
 
     @classmethod
     def read(cls, store: OutboxStore, lease_ttl: float) -> Snapshot:
-        return cls(store.status(), store.lease_info(), store.live_relays(lease_ttl))
+        return cls(
+            store.status(),
+            store.lease_info(),
+            store.live_relays(lease_ttl),
+            store.partitions.mode(),
+            store.partitions.rows(),
+        )
 
     @property
     def holder(self) -> str | None:
         return self.lease.owner if self.lease is not None and self.lease.held else None
 
+    def held_by(self, relay_id: str) -> list[int]:
+        """The partitions `relay_id` holds now (by the database's clock)."""
+        return [r.partition for r in self.partitions if r.held and r.owner == relay_id]
+
+    def active(self, relay_id: str) -> bool:
+        if self.mode == "single":
+            return relay_id == self.holder
+        return bool(self.held_by(relay_id))
+
     def as_dict(self) -> dict[str, Any]:
-        standbys = [m.as_dict() for m in self.relays if m.relay_id != self.holder]
+        standbys = [m.as_dict() for m in self.relays if not self.active(m.relay_id)]
         return {
             **self.status.as_dict(),
+            "mode": self.mode,
             "lease": None if self.lease is None else self.lease.as_dict(),
             "relays_live": len(self.relays),
-            "relays": [m.as_dict() | {"active": m.relay_id == self.holder} for m in self.relays],
+            "relays": [
+                m.as_dict()
+                | {"active": self.active(m.relay_id), "partitions": self.held_by(m.relay_id)}
+                for m in self.relays
+            ],
             "standbys": standbys,
+            "partitions_unowned": [r.partition for r in self.partitions if not r.held],
         }
+
+
+def ranges(numbers: list[int]) -> str:
+    """``0-3,7,9-10``: a relay's partitions in a few characters."""
+    out: list[str] = []
+    for n in sorted(numbers):
+        if out and out[-1].split("-")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{n}"
+        else:
+            out.append(str(n))
+    return ",".join(out) or "-"
 
 
 def _status_table(snapshot: Snapshot, where: str) -> RenderableType:
@@ -69,7 +104,11 @@ def _status_table(snapshot: Snapshot, where: str) -> RenderableType:
     failed = str(status.failed) if not status.failed else f"[red]{status.failed}[/red]"
     table.add_row("parked (failed) events", failed)
     lease = snapshot.lease
-    if snapshot.holder is not None and lease is not None:
+    table.add_row("mode", snapshot.mode)
+    if snapshot.mode != "single":
+        unowned = [r.partition for r in snapshot.partitions if not r.held]
+        table.add_row("partitions without a relay", ranges(unowned) if unowned else "none")
+    elif snapshot.holder is not None and lease is not None:
         table.add_row("active relay", lease.owner)
         table.add_row("lease epoch", str(lease.epoch))
         table.add_row("holding the lease for", _age(lease.held_for))
@@ -83,16 +122,19 @@ def _status_table(snapshot: Snapshot, where: str) -> RenderableType:
     if not snapshot.relays:
         return table
     relays = Table(title="relays", title_justify="left")
-    for column in ("relay", "host", "pid", "mode", "role", "up for", "last beat"):
+    columns = ("relay", "host", "pid", "mode", "role", "partitions", "up for", "last beat")
+    for column in columns:
         relays.add_column(column, justify="right" if column in ("pid",) else "left")
     for m in snapshot.relays:
-        role = "active" if m.relay_id == snapshot.holder else "standby"
+        role = "active" if snapshot.active(m.relay_id) else "standby"
+        held = snapshot.held_by(m.relay_id)
         relays.add_row(
             m.relay_id,
             m.host,
             str(m.pid),
             m.mode,
             role,
+            f"{len(held)}: {ranges(held)}" if held else "-",
             _age(_up_for(m)),
             f"{_age(m.silent_seconds)} ago",
         )
@@ -136,10 +178,12 @@ def status(
     fleet (the active relay, its lease, the live relays).
 
     The JSON form has the keys pending, oldest_pending_age_seconds (null when nothing is
-    pending), failed (parked events, see `outbox parked`), lease (owner, epoch,
+    pending), failed (parked events, see `outbox parked`), mode (single, partitioned,
+    enabling or draining), lease (owner, epoch,
     expires_in_seconds, held_for_seconds, renewed_seconds_ago; owner null when nobody holds
     it), relays_live, relays (each with relay_id, host, pid, mode, started_at, heartbeat_at,
-    silent_seconds, active) and standbys (the live relays other than the active one).
+    silent_seconds, active, partitions: the numbers it holds), standbys (the live relays
+    other than the active ones) and partitions_unowned (partitioned mode).
     """
     try:
         with open_store(db_url, table, schema) as store:

@@ -35,6 +35,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "outbox_batch_duration_seconds",
     "outbox_lease_held",
     "outbox_relays_live",
+    "outbox_partitions_held",
+    "outbox_partition_moves",
+    "outbox_rebalances",
     "outbox_up",
 )
 
@@ -105,6 +108,22 @@ class PrometheusObserver(RelayObserver):
             ["component"],
             registry=r,
         )
+        self.partitions_held = prom.Gauge(
+            "outbox_partitions_held",
+            "Partitioned mode: partitions this relay holds (of 64).",
+            registry=r,
+        )
+        self.partition_moves = prom.Counter(
+            "outbox_partition_moves",
+            "Partitions this relay claimed, released, or lost (paused past the lease).",
+            ["kind"],
+            registry=r,
+        )
+        self.rebalances = prom.Counter(
+            "outbox_rebalances",
+            "Rebalance rounds that changed the partitions this relay holds.",
+            registry=r,
+        )
         self.lease_held.set(0)
 
     def published(self, topic: str, count: int, delays: Sequence[float]) -> None:
@@ -136,6 +155,13 @@ class PrometheusObserver(RelayObserver):
 
     def relays(self, live: int) -> None:
         self.relays_live.set(live)
+
+    def partitions(self, held: int, claimed: int, released: int, lost: int) -> None:
+        self.partitions_held.set(held)
+        for kind, count in (("claimed", claimed), ("released", released), ("lost", lost)):
+            if count:
+                self.partition_moves.labels(kind).inc(count)
+        self.rebalances.inc()
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of this observer's registry and its content type."""

@@ -15,6 +15,7 @@ import time
 
 from outbox.relay.lease import RENEWALS_PER_TTL, first_line
 from outbox.relay.observer import RelayObserver
+from outbox.relay.records import Member
 from outbox.relay.store import OutboxStore
 
 logger = logging.getLogger("outbox.relay")
@@ -41,6 +42,8 @@ class Heartbeat:
         self._pid = os.getpid()
         self._next = 0.0
         self._live: int | None = None
+        #: The live relays as of the last successful beat (read by the partition keeper).
+        self.live: list[Member] = []
 
     def due(self, now: float | None = None) -> bool:
         return (time.monotonic() if now is None else now) >= self._next
@@ -58,6 +61,7 @@ class Heartbeat:
             self._next = now + min(1.0, self.ttl / RENEWALS_PER_TTL)
             return False
         self._next = now + self.ttl / RENEWALS_PER_TTL
+        self.live = live
         if len(live) != self._live:
             self._live = len(live)
             self._observer.relays(len(live))

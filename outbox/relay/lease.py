@@ -30,10 +30,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from typing import Protocol
 
 from outbox.errors import LeaseLostError
-from outbox.relay.store import Lease, OutboxStore
+from outbox.relay.store import Fence, Lease, OutboxStore
 
 logger = logging.getLogger("outbox.relay")
 
@@ -42,6 +43,36 @@ RENEWALS_PER_TTL = 3
 #: Fraction of the TTL after which this relay must not send without renewing first: ends before
 #: the database's expiry (counted from after the renewal started), with a margin for clock drift.
 DEADLINE_FRACTION = 0.8
+
+
+class LeaseHolder(Protocol):
+    """What the loop and the pipeline call: `LeaseKeeper` (one active relay per table) and
+    `outbox.relay.partition_keeper.PartitionKeeper` (partitioned mode) both provide it."""
+
+    ttl: float
+
+    @property
+    def current(self) -> Fence | None: ...
+
+    def partitions(self) -> list[int] | None:
+        """The partitions to read (None: the whole table)."""
+
+    def round_due(self) -> bool:
+        """The pass should end now (between its batches) so that `hold` can rebalance."""
+
+    def seconds_to_renewal(self) -> float: ...
+
+    def hold(self) -> bool: ...
+
+    def fresh(self) -> Fence: ...
+
+    def sendable(self) -> Fence: ...
+
+    def fence(self, why: str = ..., partitions: Collection[int | None] | None = None) -> Fence: ...
+
+    def lost(self) -> None: ...
+
+    def release(self) -> None: ...
 
 
 class LeaseKeeper:
@@ -80,6 +111,14 @@ class LeaseKeeper:
     def current(self) -> Lease | None:
         """The lease held now (None while standby)."""
         return self._lease
+
+    def partitions(self) -> list[int] | None:
+        """None: the one active relay reads the whole table."""
+        return None
+
+    def round_due(self) -> bool:
+        """Never: a pass ends by itself (BATCHES_PER_PASS)."""
+        return False
 
     def seconds_to_renewal(self) -> float:
         """Seconds until the held lease is due to be renewed (0 when due)."""
@@ -164,8 +203,11 @@ class LeaseKeeper:
             return None
         return lease
 
-    def fence(self, why: str = "no lease") -> Lease:
-        """The lease a fenced mark must carry; LeaseLostError(why) when none is held."""
+    def fence(
+        self, why: str = "no lease", partitions: Collection[int | None] | None = None
+    ) -> Lease:
+        """The lease a fenced mark must carry (whatever the `partitions` of its events);
+        LeaseLostError(why) when none is held."""
         lease = self._lease
         if lease is None:
             raise LeaseLostError(why)
@@ -228,4 +270,4 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["LeaseHolder", "LeaseKeeper"]

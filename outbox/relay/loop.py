@@ -8,6 +8,9 @@ Design (the guarantees; each role's module holds the details of its own)
   judged by the database's clock; a standby takes over within ``lease_ttl + 1`` seconds (7 s
   by default) after the holder dies. A single publisher per table is what keeps every key's
   events in outbox order however many sidecars run. See `outbox.relay.lease`.
+* **Or partitioned** (``partitioned=True``, docs/PARTITIONING.md): the relays of a table share
+  its 64 partitions, each a lease of its own, and every key keeps its order because a key lives
+  in one partition. See `outbox.relay.partition_keeper`; the loop below is the same.
 * **Fencing.** Taking the lease bumps its epoch; every mark (delete / park) is checked by the
   database against that epoch in the same transaction, and before each send the relay checks
   a local deadline that ends before the database's expiry. The lease is renewed on its own
@@ -43,14 +46,15 @@ from outbox.config import RelayConfig
 from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError, PublishError
 from outbox.relay.heartbeat import Heartbeat
 from outbox.relay.housekeeping import Housekeeping
-from outbox.relay.lease import LeaseKeeper
+from outbox.relay.lease import LeaseHolder, LeaseKeeper
 from outbox.relay.observer import RelayObserver
 from outbox.relay.parked import ParkedKeys
+from outbox.relay.partition_keeper import keeper_for
 from outbox.relay.pipeline import InFlight, InFlightBatches, Pipeline
 from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
 from outbox.relay.state import RelayHealth, RelayState
-from outbox.relay.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
+from outbox.relay.store import Fence, OutboxStore, Waker, create_relay_engine, is_transient_db_error
 from outbox.relay.timer import RenewalTimer
 from outbox.retry import retry_transient
 
@@ -96,8 +100,12 @@ class Relay:
     ) -> None:
         self.config = config
         self._owns_store = store is None
+        # Partitioned mode: a frozen relay's open transaction must not hold partition rows.
+        idle = config.lease_ttl if config.partitioned else None
         self.store = store or OutboxStore(
-            create_relay_engine(config.db_url), config.table, config.schema
+            create_relay_engine(config.db_url, idle_transaction_timeout=idle),
+            config.table,
+            config.schema,
         )
         self.observer = observer or RelayObserver()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -113,8 +121,11 @@ class Relay:
         self._waker: Waker | None = None
         self._housekeeping = Housekeeping(config, self.store, self.observer)
         self._parked = ParkedKeys(self.store, config.hold_parked_keys)
-        self._lease = LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
-        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer)
+        mode = "partitioned" if config.partitioned else "single"
+        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer, mode)
+        self._lease: LeaseHolder = keeper_for(
+            config, self.store, self.owner, self._heartbeat, self._lease_changed, self._moved
+        )
         self._timer: RenewalTimer | None = None
         self._standby_told = False
         self._pipeline = Pipeline(
@@ -131,7 +142,7 @@ class Relay:
     # -- public ------------------------------------------------------------------------------
 
     @property
-    def lease(self) -> Lease | None:
+    def lease(self) -> Fence | None:
         return self._lease.current
 
     @property
@@ -241,7 +252,9 @@ class Relay:
     def _start_timer(self) -> None:
         """Renew the lease, beat and sample the backlog on the lease keeper's own thread and
         connection from now on (`outbox.relay.timer`)."""
-        if self._timer is not None:
+        # Partitioned mode renews and rebalances from the loop, between passes (its rounds
+        # must not run beside a pass: release-then-claim needs nothing in flight).
+        if self._timer is not None or not isinstance(self._lease, LeaseKeeper):
             return
         companion = self.store.companion()
         if companion is None:  # an in-memory database: the loop renews, as in `run_once`
@@ -269,6 +282,10 @@ class Relay:
             abort()
         except OutboxError as error:
             logger.warning("aborting the publisher: %s", error)
+
+    def _moved(self, held: int, claimed: int, released: int, lost: int) -> None:
+        self._parked.invalidate()  # the last owner of a claimed partition may have parked
+        self.observer.partitions(held, claimed, released, lost)
 
     def _replace_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
@@ -322,7 +339,7 @@ class Relay:
         # Keys that must not be sent again in this pass: a failure or garbage in their line.
         blocked: set[str] = set()
         inflight = InFlightBatches(config.batch_size)
-        reader = OrderedReader(self.store, config.batch_size)
+        reader = OrderedReader(self.store, config.batch_size, self._lease.partitions())
         outage: PublishError | None = None
         exhausted = False
         batches = 0
@@ -335,6 +352,7 @@ class Relay:
                 and not self._stop.is_set()
                 and batches < BATCHES_PER_PASS
                 and inflight.room()
+                and not self._lease.round_due()
             )
             if fetch:
                 started = last_fetch = time.monotonic()
@@ -362,6 +380,7 @@ class Relay:
                 and inflight.room()
                 and batches < BATCHES_PER_PASS
                 and not self._stop.is_set()
+                and not self._lease.round_due()
                 and (until_due := inflight.until_head_due()) is not None
             ):
                 # Until the head batch is acknowledged and due to be marked, watch for new

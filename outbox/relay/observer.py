@@ -37,6 +37,10 @@ class RelayObserver:
         """`live` relays of this table (this one included) beat within the lease TTL; reported
         after each heartbeat. May be called from the relay's lease-keeper thread."""
 
+    def partitions(self, held: int, claimed: int, released: int, lost: int) -> None:
+        """Partitioned mode: this relay holds `held` partitions after a rebalance that claimed,
+        released (or, paused past their leases, lost) the others."""
+
 
 class CompositeObserver(RelayObserver):
     """Fans every report out to several observers."""
@@ -75,3 +79,7 @@ class CompositeObserver(RelayObserver):
     def relays(self, live: int) -> None:
         for o in self._observers:
             o.relays(live)
+
+    def partitions(self, held: int, claimed: int, released: int, lost: int) -> None:
+        for o in self._observers:
+            o.partitions(held, claimed, released, lost)

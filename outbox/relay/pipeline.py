@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from outbox.config import RelayConfig
 from outbox.errors import PublishError
 from outbox.relay.envelope import make_encoder
-from outbox.relay.lease import LeaseKeeper
+from outbox.relay.lease import LeaseHolder
 from outbox.relay.observer import RelayObserver
 from outbox.relay.parked import ParkedKeys
 from outbox.relay.publisher import Delivery, Message
@@ -138,7 +138,7 @@ class Pipeline:
         self,
         config: RelayConfig,
         store: OutboxStore,
-        lease: LeaseKeeper,
+        lease: LeaseHolder,
         parked: ParkedKeys,
         observer: RelayObserver,
         *,
@@ -163,6 +163,7 @@ class Pipeline:
         sendable: list[PendingEvent] = []
         messages: list[Message] = []
         garbage: list[tuple[int, str]] = []
+        garbage_partitions: set[int | None] = set()
         encode = self._encode
         for event in events:
             key = event.partition_key
@@ -172,6 +173,7 @@ class Pipeline:
                 message = encode(event)
             except Exception as error:  # garbage in the row: park it, never stop the relay
                 garbage.append((event.seq, f"cannot encode event {event.id}: {error}"))
+                garbage_partitions.add(event.partition)
                 if self.config.hold_parked_keys:
                     blocked.add(key)
                 continue
@@ -180,10 +182,22 @@ class Pipeline:
         if garbage:
             self.parked.invalidate()
             self.store.record_rejections(
-                self.lease.fence(), self.lease.ttl, garbage, 1, park_now=True
+                self.lease.fence(partitions=garbage_partitions),
+                self.lease.ttl,
+                garbage,
+                1,
+                park_now=True,
             )
             self.observer.parked("<unencodable>", len(garbage), garbage[0][1])
         return sendable, messages
+
+    def _drain_on_stop(self, started: float) -> bool:
+        """Stopping: whether to keep waiting for this delivery. Partitioned mode waits up to
+        half the shutdown timeout, so that a SIGTERM marks what it sent before its partitions
+        are released (a graceful leave repeats nothing); single-active mode stops at once."""
+        return self.config.partitioned and (
+            time.monotonic() - started < self.config.shutdown_timeout / 2
+        )
 
     def _await(self, delivery: Delivery) -> list[PublishError | None]:
         """Wait for a delivery in short slices: a stop request is honoured within a slice, and
@@ -193,7 +207,7 @@ class Pipeline:
         started = time.monotonic()
         while not delivery.done():
             waited = time.monotonic() - started
-            if self._stop.is_set() or waited >= ACK_TIMEOUT:
+            if waited >= ACK_TIMEOUT or (self._stop.is_set() and not self._drain_on_stop(started)):
                 break
             if waited >= SILENT_BROKER:
                 self._mark(
@@ -241,7 +255,11 @@ class Pipeline:
                 else:
                     rejected.append((event.seq, f"{type(outcome).__name__}: {outcome}"))
                     rejected_topics[message.topic] += 1
-        lease = self.lease.fence("lease lost while publishing")
+        # Partitioned mode: the epochs of every partition of these batches (the whole table's
+        # lease in single-active mode).
+        lease = self.lease.fence(
+            "lease lost while publishing", {e.partition for b in batches for e in b.events}
+        )
         # Fenced: raises LeaseLostError, and marks nothing, if another relay took over.
         self.store.complete(lease, self.lease.ttl, done, retain=config.retention > 0)
         if done:

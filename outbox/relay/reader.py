@@ -10,7 +10,7 @@ row again, so the late event is published and no later event of its key goes fir
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from outbox.relay.records import PendingEvent
 from outbox.relay.store import OutboxStore
@@ -19,9 +19,14 @@ from outbox.relay.store import OutboxStore
 class OrderedReader:
     """One pass's cursor over the pending events (a new reader for each pass)."""
 
-    def __init__(self, store: OutboxStore, batch_size: int) -> None:
+    def __init__(
+        self, store: OutboxStore, batch_size: int, partitions: Sequence[int] | None = None
+    ) -> None:
         self._store = store
         self._batch_size = batch_size
+        #: Partitioned mode: the partitions held for this pass (reads and the late-commit
+        #: count see only those); None reads the whole table.
+        self._partitions = partitions
         #: The highest seq read in this pass (None before the first read).
         self.cursor: int | None = None
 
@@ -32,12 +37,16 @@ class OrderedReader:
         `in_flight`: the events read in this pass and not yet marked (all still pending, all
         at or below the cursor)."""
         if self.cursor is None:
-            events = self._store.fetch_pending(self._batch_size, excluded)
+            events = self._store.fetch_pending(self._batch_size, excluded, self._partitions)
             below = in_flight
         else:
             # Only a count of one more than those in flight is needed to see a late one.
             events, below = self._store.fetch_after(
-                self.cursor, self._batch_size, excluded, count_limit=in_flight + 1
+                self.cursor,
+                self._batch_size,
+                excluded,
+                count_limit=in_flight + 1,
+                partitions=self._partitions,
             )
         if events and below != in_flight:
             return [], True

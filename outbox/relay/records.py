@@ -26,6 +26,8 @@ class PendingEvent:
     headers: Any
     created_at: datetime
     attempts: int
+    #: The stored partition (`outbox.partitioning`); None in rows older than revision 0003.
+    partition: int | None = None
 
     @property
     def partition_key(self) -> str:

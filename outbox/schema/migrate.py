@@ -37,9 +37,11 @@ from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_partitions_table,
     build_snapshot_table,
     lease_table_name,
     members_table_name,
+    partitions_table_name,
 )
 
 #: The branch label of every revision of this package.
@@ -74,6 +76,10 @@ class Target:
         return lease_table_name(self.table)
 
     @property
+    def partitions_table(self) -> str:
+        return partitions_table_name(self.table)
+
+    @property
     def members_table(self) -> str:
         return members_table_name(self.table)
 
@@ -98,11 +104,12 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox, lease, relays and snapshot tables, for an application's
-    `target_metadata`."""
+    """A `MetaData` holding the outbox table and its companions (lease, relays, partitions,
+    snapshot), for an application's `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
+    build_partitions_table(metadata, table, schema)
     build_members_table(metadata, table, schema)
     build_snapshot_table(metadata, table, schema)
     return metadata

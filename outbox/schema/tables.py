@@ -1,5 +1,5 @@
-"""The outbox table, the relay's lease table and its membership table, on a library-owned
-`MetaData`.
+"""The outbox table, the relay's lease table, its membership table and the partition leases,
+on a library-owned `MetaData`.
 
 Column names follow Debezium's Outbox Event Router defaults (`id`, `aggregatetype`,
 `aggregateid`, `type`, `payload`), so a team can switch from this relay to CDC later without
@@ -79,10 +79,14 @@ def build_outbox_table(metadata: sa.MetaData, table_name: str, schema: str | Non
         sa.Column("parked_at", TIMESTAMP_TYPE, nullable=True),
         # Set only when published events are retained for a window (default: deleted at once).
         sa.Column("published_at", TIMESTAMP_TYPE, nullable=True),
+        # crc32(effective key) % 64 (`outbox.partitioning`), set by the write side; what a
+        # partitioned relay reads by. NULL only in rows written before revision 0003.
+        sa.Column("p_partition", sa.SmallInteger(), nullable=True),
         sa.PrimaryKeyConstraint("seq", name=f"pk_{t}"),
         sa.UniqueConstraint("id", name=f"uq_{t}_id"),
         sa.Index(f"ix_{t}_pending", "published_at", "seq"),
         sa.Index(f"ix_{t}_parked", "parked_at"),
+        sa.Index(f"ix_{t}_partition", "p_partition", "seq"),
         schema=schema,
         sqlite_autoincrement=True,
     )
@@ -111,6 +115,29 @@ def build_lease_table(metadata: sa.MetaData, table_name: str, schema: str | None
         # revision 0002, hence last.
         sa.Column("acquired_at", sa.Double(), nullable=True),
         sa.PrimaryKeyConstraint("name", name=f"pk_{name}"),
+        schema=schema,
+    )
+
+
+def partitions_table_name(table_name: str) -> str:
+    return f"{table_name}_partitions"
+
+
+def build_partitions_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
+    """Define the partition leases of partitioned mode: a row per virtual partition (created by
+    `outbox partitions enable`), each a lease of its own with the same rules as the relay's."""
+    name = partitions_table_name(table_name)
+    check_identifier(name, "partitions table name")
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("partition", sa.SmallInteger(), nullable=False, autoincrement=False),
+        sa.Column("owner", sa.String(NAME_LENGTH), nullable=True),
+        sa.Column("epoch", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        # Seconds since the epoch by the database's clock, as in the lease table.
+        sa.Column("expires_at", sa.Double(), nullable=False, server_default=sa.text("0")),
+        sa.Column("renewed_at", sa.Double(), nullable=True),
+        sa.PrimaryKeyConstraint("partition", name=f"pk_{name}"),
         schema=schema,
     )
 

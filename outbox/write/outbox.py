@@ -30,6 +30,7 @@ from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_partitions_table,
     build_snapshot_table,
     notify_channel,
 )
@@ -89,6 +90,7 @@ class Outbox:
         self.metadata = sa.MetaData()
         self.table = build_outbox_table(self.metadata, table_name, schema)
         self.lease_table = build_lease_table(self.metadata, table_name, schema)
+        self.partitions_table = build_partitions_table(self.metadata, table_name, schema)
         self.members_table = build_members_table(self.metadata, table_name, schema)
         self.snapshot_table = build_snapshot_table(self.metadata, table_name, schema)
         self.table_name = table_name

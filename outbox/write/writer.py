@@ -9,8 +9,9 @@ row uses one prepared statement that SQLAlchemy's compiled cache serves; on Post
 `OutboxWriter.insert` takes rows and a connection, not a session, so a writer of rows outside
 the session hooks (a snapshot chunk) goes through the same statements and budgets.
 
-A column computed per event at write time (for example a partition number from the effective
-key) belongs in `row_of` and `INSERTED_COLUMNS`; `_PARAMS_PER_ROW` follows from the latter.
+A column computed per event at write time belongs in `row_of` and `INSERTED_COLUMNS`;
+`_PARAMS_PER_ROW` follows from the latter. `p_partition` is one: the partition of the effective
+key (`outbox.partitioning`), which partitioned relays read by.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from outbox.errors import ConfigurationError, TableMissingError
+from outbox.partitioning import effective_key, partition_of
 from outbox.write.buffer import SessionBuffer, current_transaction
 from outbox.write.draft import Draft
 
@@ -37,6 +39,7 @@ INSERTED_COLUMNS = (
     "key",
     "headers",
     "created_at",
+    "p_partition",
 )
 _PARAMETER_NAMES = {name: f"p_{name}" for name in INSERTED_COLUMNS}
 _NULL = sa.null()  # a singleton: `row_of` puts it where a JSON column must be SQL NULL
@@ -49,6 +52,7 @@ _STATEMENT_PAYLOAD_BUDGET = 4 * 1024 * 1024
 
 def row_of(draft: Draft) -> dict[str, Any]:
     """The outbox row a resolved draft becomes: one value per name in `INSERTED_COLUMNS`."""
+    assert draft.aggregate_id is not None  # resolved
     return {
         "id": draft.id,
         "aggregatetype": draft.aggregate_type,
@@ -59,6 +63,8 @@ def row_of(draft: Draft) -> dict[str, Any]:
         "key": draft.key,
         "headers": draft.headers if draft.headers else sa.null(),
         "created_at": draft.created_at,
+        # Stored, not computed in the relays' queries, so that each partition is an index range.
+        "p_partition": partition_of(effective_key(draft.key, draft.aggregate_id)),
     }
 
 

@@ -138,8 +138,8 @@ def test_status_json(db_url: str) -> None:
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert set(status) == {
-        "pending", "oldest_pending_age_seconds", "failed", "lease", "relays_live", "relays",
-        "standbys",
+        "pending", "oldest_pending_age_seconds", "failed", "mode", "lease", "relays_live",
+        "relays", "standbys", "partitions_unowned",
     }  # fmt: skip
     assert (status["lease"], status["relays"], status["standbys"]) == (None, [], [])
     assert status["pending"] == 3
@@ -150,8 +150,8 @@ def test_status_json(db_url: str) -> None:
 def test_status_table_and_empty_json(sqlite_url: str) -> None:
     create_outbox_tables(sqlite_url)
     assert json.loads(run("status", "--db-url", sqlite_url, "--json").stdout) == {
-        "pending": 0, "oldest_pending_age_seconds": None, "failed": 0,
-        "lease": None, "relays_live": 0, "relays": [], "standbys": [],
+        "pending": 0, "oldest_pending_age_seconds": None, "failed": 0, "mode": "single",
+        "lease": None, "relays_live": 0, "relays": [], "standbys": [], "partitions_unowned": [],
     }  # fmt: skip
     seed(sqlite_url)
     result = run("status", "--db-url", sqlite_url)

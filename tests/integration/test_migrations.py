@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays", "outbox_snapshot"}
+OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays", "outbox_partitions", "outbox_snapshot"}
 #: The head revision of the package's branch.
 HEAD = "outbox_0004"
 
@@ -84,9 +84,11 @@ def snapshot(url: str) -> dict[str, Any]:
                     "SELECT sql FROM sqlite_master WHERE tbl_name = ? ORDER BY name", (name,)
                 ).all()
                 # A table copied by batch mode (revision 0002) is renamed into place, and
-                # SQLite then stores its name quoted: the same table.
+                # SQLite then stores its name quoted: the same table. ALTER TABLE ADD COLUMN
+                # (revision 0003) lays the text out differently.
                 ddl = [
-                    (None if sql is None else sql.replace(f'"{name}"', name),) for (sql,) in rows
+                    (None if sql is None else " ".join(sql.replace(f'"{name}"', name).split()),)
+                    for (sql,) in rows
                 ]
             out[name] = (
                 columns,
@@ -147,6 +149,7 @@ def test_custom_table_in_another_schema_beside_the_default_one(
         assert tables(url, schema) == {
             "events",
             "events_lease",
+            "events_partitions",
             "events_relays",
             "events_snapshot",
             "alembic_version_events",
@@ -155,9 +158,13 @@ def test_custom_table_in_another_schema_beside_the_default_one(
 
         downgrade(url, table="events", schema=schema)
         assert tables(url, schema) == {"alembic_version_events"}
-        assert OUTBOX_TABLES | {"audit", "audit_lease", "audit_relays", "audit_snapshot"} <= tables(
-            url
-        )
+        assert OUTBOX_TABLES | {
+            "audit",
+            "audit_lease",
+            "audit_relays",
+            "audit_partitions",
+            "audit_snapshot",
+        } <= tables(url)
     finally:
         with engine_for(url) as engine, engine.begin() as conn:
             if kind == "postgresql":
@@ -271,6 +278,7 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
         "orders",
         "events",
         "events_lease",
+        "events_partitions",
         "events_relays",
         "events_snapshot",
         "alembic_version",
@@ -309,6 +317,7 @@ def test_cli_migrate_creates_the_tables_and_prints_sql(tmp_path: Path) -> None:
         "events",
         "events_lease",
         "events_relays",
+        "events_partitions",
         "events_snapshot",
         "alembic_version_events",
     }
@@ -384,3 +393,38 @@ def test_project_dev_environment_has_no_pending_diff(tmp_path: Path) -> None:
     )
     command.upgrade(config, "heads")
     command.check(config)  # raises when autogenerate finds a difference
+
+
+def test_revision_0003_fills_the_partition_of_rows_written_before_it(db_url: str) -> None:
+    """Rows written under revision 0001 (no p_partition) get crc32(effective key) % 64 from the
+    revision itself, computed in Python (chunks of `backfill.CHUNK`), so none is left NULL."""
+    from outbox.partitioning import partition_of
+    from outbox.schema.backfill import CHUNK
+
+    upgrade(db_url, revision="outbox_0001")
+    rows = [
+        {
+            "id": uuid.uuid4().hex,
+            "aggregatetype": "order",
+            "aggregateid": f"agg-{i}",
+            "type": "created",
+            "key": None if i % 3 else f"key-é-{i}",  # explicit keys win over the aggregate id
+            "created_at": sa.func.now(),
+        }
+        for i in range(CHUNK + 7)
+    ]
+    old = sa.table("outbox", *(sa.column(name) for name in rows[0]))
+    with engine_for(db_url) as engine, engine.begin() as conn:
+        for row in rows:
+            conn.execute(sa.insert(old).values(**row))
+    upgrade(db_url)
+    with engine_for(db_url) as engine, engine.connect() as conn:
+        columns = ("aggregateid", "key", "p_partition")
+        stored = conn.execute(sa.select(*sa.table("outbox", *map(sa.column, columns)).c)).all()
+    assert len(stored) == len(rows)
+    for aggregate_id, key, partition in stored:
+        assert partition == partition_of(key if key is not None else aggregate_id)
+    downgrade(db_url, revision="outbox_0001")
+    with engine_for(db_url) as engine:
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("outbox")}
+    assert "p_partition" not in columns

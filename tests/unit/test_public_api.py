@@ -44,6 +44,7 @@ COMMANDS = {
     "healthcheck": set(),
     "migrate": set(),
     "parked": {"drop", "list", "requeue"},
+    "partitions": {"disable", "enable"},
     "purge": set(),
     "relay": set(),
     "snapshot": {"cancel", "run", "status"},

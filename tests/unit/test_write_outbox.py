@@ -46,6 +46,7 @@ def test_defaults_and_tables() -> None:
         "outbox",
         "outbox_lease",
         "outbox_relays",
+        "outbox_partitions",
         "outbox_snapshot",
     }
     assert outbox.max_payload_bytes == 1024 * 1024

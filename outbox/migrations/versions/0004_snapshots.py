@@ -1,7 +1,7 @@
 """Create the snapshot table: one row per snapshot of existing rows, its cursor and progress.
 
 Revision ID: outbox_0004
-Revises: outbox_0002
+Revises: outbox_0003
 Create Date: 2026-12-02
 
 Frozen copy of `outbox.schema.tables.build_snapshot_table` at the time of writing.
@@ -19,7 +19,7 @@ from sqlalchemy.dialects import mysql
 from outbox.schema.migrate import current_target
 
 revision: str = "outbox_0004"
-down_revision: str | Sequence[str] | None = "outbox_0002"
+down_revision: str | Sequence[str] | None = "outbox_0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

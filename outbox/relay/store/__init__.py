@@ -13,6 +13,7 @@ database's clock. A relay that was paused past its lease therefore cannot mark a
 - members.py     the relays table: heartbeats, the live relays, leaving
 - reads.py       pending events (the relay's hot reads) and the pending/parked conditions
 - marks.py       completions and rejections, fenced by the lease
+- partitions.py  partitioned mode: partition leases, their fence, the mode switch
 - admin.py       status, parked events, requeue, drop, purge (the CLI's)
 - waker.py       the wait between reads (a timer)
 - postgresql.py  PostgreSQL only: the one-statement fence, psycopg 3's cursor, LISTEN/NOTIFY
@@ -21,6 +22,8 @@ database's clock. A relay that was paused past its lease therefore cannot mark a
 from outbox.relay.store.engine import create_relay_engine, db_epoch, is_transient_db_error
 from outbox.relay.store.facade import OutboxStore
 from outbox.relay.store.leases import LEASE_NAME, Lease
+from outbox.relay.store.marks import Fence
+from outbox.relay.store.partitions import Mode, PartitionFence, PartitionRow
 from outbox.relay.store.postgresql import PostgresWaker
 from outbox.relay.store.reads import COUNT_ALL
 from outbox.relay.store.waker import Waker
@@ -28,8 +31,12 @@ from outbox.relay.store.waker import Waker
 __all__ = [
     "COUNT_ALL",
     "LEASE_NAME",
+    "Fence",
     "Lease",
+    "Mode",
     "OutboxStore",
+    "PartitionFence",
+    "PartitionRow",
     "PostgresWaker",
     "Waker",
     "create_relay_engine",

@@ -66,14 +66,21 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-def create_relay_engine(db_url: str | sa.URL, pool_size: int = 3) -> sa.Engine:
+def create_relay_engine(
+    db_url: str | sa.URL, pool_size: int = 3, idle_transaction_timeout: float | None = None
+) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
     fails at once with SQLITE_BUSY instead of waiting). `pool_size` 1: one connection, no
     overflow (the lease keeper's). The application's asyncio URL is used through its
     synchronous driver (`outbox._urls`). No I/O: a missing SQLite file is reported by
-    `OutboxStore.check_table`, before the first connection would create it."""
+    `OutboxStore.check_table`, before the first connection would create it.
+
+    `idle_transaction_timeout` (seconds; partitioned relays pass their lease TTL): the server
+    ends a session left idle inside a transaction that long, as a relay frozen (SIGSTOP, a VM
+    pause) between its fence and its COMMIT would; its row locks on the partition rows would
+    otherwise block every other relay's takeover until it woke. Its lease has expired by then."""
     resolved = resolve_db_url(db_url, must_exist=False)
     if resolved.note is not None:
         logger.info("%s", resolved.note)
@@ -94,7 +101,28 @@ def create_relay_engine(db_url: str | sa.URL, pool_size: int = 3) -> sa.Engine:
         raise ConfigurationError(f"cannot use database URL {mask_url(url)}: {e}") from None
     if backend == "sqlite":
         _sqlite_setup(engine)
+    elif idle_transaction_timeout is not None:
+        _idle_transaction_timeout(engine, backend, idle_transaction_timeout)
     return engine
+
+
+def _idle_transaction_timeout(engine: sa.Engine, backend: str, seconds: float) -> None:
+    if backend == "postgresql":
+        statement = f"SET idle_in_transaction_session_timeout = {max(1, int(seconds * 1000))}"
+    else:  # MariaDB (10.3+); MySQL has no such setting and keeps its default
+        statement = f"SET SESSION idle_transaction_timeout = {max(1, round(seconds))}"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute(statement)
+        except Exception:  # MySQL: unknown variable; the relay works without it
+            logger.debug("cannot set the idle transaction timeout: %s", statement)
+        finally:
+            cursor.close()
+        if backend == "postgresql":
+            dbapi_conn.commit()  # psycopg opened a transaction for the SET
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:

@@ -17,8 +17,9 @@ from outbox.relay.store.admin import Admin
 from outbox.relay.store.engine import create_relay_engine
 from outbox.relay.store.executor import Executor
 from outbox.relay.store.leases import LEASE_NAME, Lease, Leases
-from outbox.relay.store.marks import Marks
+from outbox.relay.store.marks import Fence, Marks
 from outbox.relay.store.members import Members
+from outbox.relay.store.partitions import PartitionLeases
 from outbox.relay.store.postgresql import PostgresWaker, psycopg_cursor
 from outbox.relay.store.reads import COUNT_ALL, EventReads
 from outbox.relay.store.waker import Waker
@@ -26,6 +27,7 @@ from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_partitions_table,
     notify_channel,
 )
 
@@ -34,15 +36,16 @@ class OutboxStore:
     """The relay's view of one outbox table.
 
     Its roles, each usable alone: `executor` (connections and transactions), `leases` (the
-    lease table: election and fencing), `members` (the relays table: heartbeats), `reads`
-    (pending events), `marks` (completions and rejections, fenced), `admin` (the operator's
-    tools)."""
+    lease table: election and fencing), `members` (the relays table: heartbeats), `partitions`
+    (partitioned mode's leases and switch), `reads` (pending events), `marks` (completions and
+    rejections, fenced), `admin` (the operator's tools)."""
 
     def __init__(self, engine: sa.Engine, table: str = "outbox", schema: str | None = None) -> None:
         self.engine = engine
         metadata = sa.MetaData()
         self.table = build_outbox_table(metadata, table, schema)
         self.lease_table = build_lease_table(metadata, table, schema)
+        self.partitions_table = build_partitions_table(metadata, table, schema)
         self.members_table = build_members_table(metadata, table, schema)
         self.channel = notify_channel(table, schema)
         self.dialect = engine.dialect.name
@@ -50,7 +53,10 @@ class OutboxStore:
         self.leases = Leases(self.executor, self.lease_table)
         self.members = Members(self.executor, self.members_table)
         self.reads = EventReads(self.executor, self.table)
-        self.marks = Marks(self.executor, self.leases, self.table)
+        self.partitions = PartitionLeases(
+            self.executor, self.partitions_table, self.lease_table, self.table
+        )
+        self.marks = Marks(self.executor, self.leases, self.table, self.partitions)
         self.admin = Admin(self.executor, self.table)
 
     @classmethod
@@ -83,7 +89,7 @@ class OutboxStore:
         not exist is not created by looking)."""
         check_sqlite_file(self.engine.url)
         inspector = sa.inspect(self.engine)
-        for table in (self.table, self.lease_table, self.members_table):
+        for table in (self.table, self.lease_table, self.members_table, self.partitions_table):
             if not inspector.has_table(table.name, schema=table.schema):
                 where = f"{table.schema}.{table.name}" if table.schema else table.name
                 raise TableMissingError(
@@ -139,15 +145,19 @@ class OutboxStore:
 
     # -- reading and marking (see `EventReads`, `Marks`) -----------------------------------
 
-    def parked_keys(self) -> frozenset[str]:
+    def parked_keys(self, partitions: Sequence[int] | None = None) -> frozenset[str]:
         """Keys whose later events wait until their parked event is requeued or dropped."""
-        return self.reads.parked_keys()
+        return self.reads.parked_keys(partitions)
 
     def fetch_pending(
-        self, limit: int, exclude_keys: Collection[str] = frozenset()
+        self,
+        limit: int,
+        exclude_keys: Collection[str] = frozenset(),
+        partitions: Sequence[int] | None = None,
     ) -> list[PendingEvent]:
-        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`."""
-        return self.reads.fetch_pending(limit, exclude_keys)
+        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`
+        (partitioned mode: only of `partitions`)."""
+        return self.reads.fetch_pending(limit, exclude_keys, partitions)
 
     def fetch_after(
         self,
@@ -156,17 +166,20 @@ class OutboxStore:
         exclude_keys: Collection[str] = frozenset(),
         *,
         count_limit: int = COUNT_ALL,
+        partitions: Sequence[int] | None = None,
     ) -> tuple[list[PendingEvent], int]:
         """Up to `limit` pending events after `after_seq`, and the count of those up to it."""
-        return self.reads.fetch_after(after_seq, limit, exclude_keys, count_limit=count_limit)
+        return self.reads.fetch_after(
+            after_seq, limit, exclude_keys, count_limit=count_limit, partitions=partitions
+        )
 
-    def complete(self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
+    def complete(self, lease: Fence, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
         self.marks.complete(lease, ttl, seqs, retain)
 
     def record_rejections(
         self,
-        lease: Lease,
+        lease: Fence,
         ttl: float,
         rejections: Sequence[tuple[int, str]],
         max_attempts: int,

@@ -1,6 +1,8 @@
 """What the relay writes after a publish: completions (delete, or stamp when retaining) and
 rejections (a counted attempt, parking), each fenced by the lease in the same transaction, or
-on PostgreSQL in the same statement (`postgresql.FencedCompletion`)."""
+on PostgreSQL in the same statement (`postgresql.FencedCompletion`). In partitioned mode the
+fence is a `PartitionFence`: the epochs of every partition in the batch, checked in the same
+transaction (`PartitionLeases.fence`)."""
 
 from __future__ import annotations
 
@@ -10,17 +12,26 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from outbox.errors import LeaseLostError
 from outbox.relay.store.executor import Executor, now
 from outbox.relay.store.leases import Lease, Leases
+from outbox.relay.store.partitions import PartitionFence, PartitionLeases
 from outbox.relay.store.postgresql import FencedCompletion, seq_in_array
+
+#: What a mark carries: the relay lease (single-active) or its batch's partitions' epochs.
+Fence = Lease | PartitionFence
 
 
 class Marks:
-    """Marks published and failed events of one outbox table, fenced by `leases`."""
+    """Marks published and failed events of one outbox table, fenced by `leases` (or, in
+    partitioned mode, by `partitions`)."""
 
-    def __init__(self, executor: Executor, leases: Leases, table: sa.Table) -> None:
+    def __init__(
+        self, executor: Executor, leases: Leases, table: sa.Table, partitions: PartitionLeases
+    ) -> None:
         self._executor = executor
         self._leases = leases
+        self._partitions = partitions
         self.table = t = table
         self.seq_range = t.c.seq.between(sa.bindparam("seq_lo"), sa.bindparam("seq_hi"))
         self.seq_any: sa.ColumnElement[bool] | None = None
@@ -30,18 +41,35 @@ class Marks:
             self.seq_any = seq_in_array(t)
             self.fenced = FencedCompletion(executor, leases, self.completion)
 
-    def complete(self, lease: Lease, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
+    def fence(self, conn: sa.Connection, lease: Fence, ttl: float) -> None:
+        """The fence inside a mark's transaction: raises `LeaseLostError` unless it holds."""
+        if isinstance(lease, PartitionFence):
+            self._partitions.fence(conn, lease, ttl)
+        else:
+            self._leases.fence(conn, lease, ttl)
+
+    def complete(self, lease: Fence, ttl: float, seqs: Sequence[int], retain: bool = False) -> None:
         """Delete (or, when retaining, stamp) published events, fenced by the lease."""
         if not seqs:
             return
-        if self.fenced is not None:
+        if self.fenced is not None and isinstance(lease, PartitionFence):
+            ((where, params),) = self.seq_conditions(seqs)  # one condition on PostgreSQL
+            if retain:
+                params = {**params, "published_at": now()}
+            statement = self._partitions.fenced(
+                lease, ttl, lambda held: self.completion(sa.and_(where, held), retain)
+            )
+            if self._executor.rows(statement, params)[0][0] != len(lease.epochs):
+                raise LeaseLostError(f"partitions {sorted(lease.epochs)} are no longer all ours")
+            return
+        if self.fenced is not None and isinstance(lease, Lease):
             ((where, params),) = self.seq_conditions(seqs)  # one condition on PostgreSQL
             if retain:
                 params = {**params, "published_at": now()}
             self.fenced.complete(lease, ttl, where, params, retain)
             return
         with self._executor.write() as conn:
-            self._leases.fence(conn, lease, ttl)
+            self.fence(conn, lease, ttl)
             for where, params in self.seq_conditions(seqs):
                 if retain:
                     params = {**params, "published_at": now()}
@@ -75,7 +103,7 @@ class Marks:
 
     def record_rejections(
         self,
-        lease: Lease,
+        lease: Fence,
         ttl: float,
         rejections: Sequence[tuple[int, str]],
         max_attempts: int,
@@ -89,7 +117,7 @@ class Marks:
         parked: list[int] = []
         parked_at = now()
         with self._executor.write() as conn:
-            self._leases.fence(conn, lease, ttl)
+            self.fence(conn, lease, ttl)
             for seq, error in rejections:
                 attempts = conn.execute(
                     sa.select(t.c.attempts).where(t.c.seq == seq)

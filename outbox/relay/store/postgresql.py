@@ -27,6 +27,13 @@ def seq_in_array(table: sa.Table) -> sa.ColumnElement[bool]:
     return table.c.seq == sa.any_(sa.bindparam("seqs", type_=postgresql.ARRAY(sa.BigInteger())))
 
 
+def partition_in_array(table: sa.Table) -> sa.ColumnElement[bool]:
+    """`p_partition = ANY(:partitions)`: the partitions a relay holds as one array parameter."""
+    return table.c.p_partition == sa.any_(
+        sa.bindparam("partitions", type_=postgresql.ARRAY(sa.SmallInteger()))
+    )
+
+
 class FencedCompletion:
     """The fence and the completion as one autocommit statement, one round trip instead of four
     (BEGIN, fence, delete, COMMIT) on the relay's hot path.

@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from outbox.relay.records import PendingEvent
 from outbox.relay.store.executor import Executor, utc
+from outbox.relay.store.postgresql import partition_in_array
 
 #: `fetch_after`'s default count limit: no limit.
 COUNT_ALL = 2**31 - 1
@@ -44,27 +45,45 @@ class EventReads:
             t.c.headers,
             t.c.created_at,
             t.c.attempts,
+            t.c.p_partition,
         )
         self.partition_key = sa.func.coalesce(t.c.key, t.c.aggregateid)
         self._pending = pending(t)
+        #: Partitioned mode: only the partitions a relay holds, as one parameter `partitions`
+        #: (an array on PostgreSQL, whose statements are compiled once; else expanded).
+        self.in_partitions: sa.ColumnElement[bool] = (
+            partition_in_array(t)
+            if executor.dialect == "postgresql"
+            else t.c.p_partition.in_(sa.bindparam("partitions", expanding=True))
+        )
         # Statements of the relay's hot path, built once (see fetch_query).
-        self._fetch_queries: dict[tuple[int, bool], sa.Select[Any]] = {}
+        self._fetch_queries: dict[tuple[int, bool, bool], sa.Select[Any]] = {}
 
-    def parked_keys(self) -> frozenset[str]:
-        """Keys whose later events wait until their parked event is requeued or dropped."""
+    def parked_keys(self, partitions: Sequence[int] | None = None) -> frozenset[str]:
+        """Keys whose later events wait until their parked event is requeued or dropped (in
+        partitioned mode: of the `partitions` held; a key lives in one partition)."""
+        query = sa.select(self.partition_key).where(parked(self.table)).distinct()
+        params: dict[str, Any] = {}
+        if partitions is not None:
+            query, params = query.where(self.in_partitions), {"partitions": list(partitions)}
         with self._executor.read() as conn:
-            rows = conn.execute(
-                sa.select(self.partition_key).where(parked(self.table)).distinct()
-            ).scalars()
+            rows = conn.execute(query, params).scalars()
             # A NULL key (a row broken by hand) cannot be excluded by NOT IN: skip it.
             return frozenset(key for key in rows if key is not None)
 
     def fetch_pending(
-        self, limit: int, exclude_keys: Collection[str] = frozenset()
+        self,
+        limit: int,
+        exclude_keys: Collection[str] = frozenset(),
+        partitions: Sequence[int] | None = None,
     ) -> list[PendingEvent]:
-        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`.
-        No row locks: only the lease holder reads to publish."""
-        rows = self._executor.rows(self.fetch_query(limit, exclude_keys, after=False), {})
+        """Up to `limit` pending events in insert order, leaving out events of `exclude_keys`
+        (and, in partitioned mode, of partitions not in `partitions`). No row locks: only the
+        lease holder (of each partition) reads to publish."""
+        query = self.fetch_query(
+            limit, exclude_keys, after=False, partitioned=partitions is not None
+        )
+        rows = self._executor.rows(query, _partitions({}, partitions))
         return [_pending_event(r) for r in rows]
 
     def fetch_after(
@@ -74,10 +93,13 @@ class EventReads:
         exclude_keys: Collection[str] = frozenset(),
         *,
         count_limit: int = COUNT_ALL,
+        partitions: Sequence[int] | None = None,
     ) -> tuple[list[PendingEvent], int]:
         """Up to `limit` pending events after `after_seq`, and how many pending events have a
         seq up to `after_seq` (counted up to `count_limit`; by default all), both from one
-        statement (one snapshot, one round trip).
+        statement (one snapshot, one round trip). With `partitions`, both only in those: the
+        late-commit check per partition (only a key's own events can be overtaken, and a key
+        lives in one partition).
 
         A read after a seq can miss a lower seq whose transaction committed late; the relay
         compares the count with the events it has in flight before it sends what it read, so it
@@ -85,13 +107,13 @@ class EventReads:
         the first pending row and stops; an uncapped one was planned as a scan of the whole table
         (48 ms at a million rows, on every read)."""
         rows = self._executor.rows(
-            self.fetch_query(limit, exclude_keys, after=True),
-            {"after_seq": after_seq, "count_limit": count_limit},
+            self.fetch_query(limit, exclude_keys, after=True, partitioned=partitions is not None),
+            _partitions({"after_seq": after_seq, "count_limit": count_limit}, partitions),
         )
         return [_pending_event(r) for r in rows], rows[0][-1] if rows else 0
 
     def fetch_query(
-        self, limit: int, exclude_keys: Collection[str], *, after: bool
+        self, limit: int, exclude_keys: Collection[str], *, after: bool, partitioned: bool = False
     ) -> sa.Select[Any]:
         """The read of pending events, with `after`: those after :after_seq plus the count of
         those up to it. Built once per shape when no key is excluded (the usual case), so that
@@ -99,12 +121,13 @@ class EventReads:
         # NOT IN with a NULL in the list matches nothing: a NULL key (a row broken by hand) is
         # never excluded by key; its row is parked instead.
         keys = tuple(sorted(key for key in exclude_keys if key is not None))
-        cached = self._fetch_queries.get((limit, after)) if not keys else None
+        shape = (limit, after, partitioned)
+        cached = self._fetch_queries.get(shape) if not keys else None
         if cached is not None:
             return cached
         t = self.table
         query = (
-            self._pending_query(keys)
+            self._pending_query(keys, partitioned)
             .with_only_columns(*self._columns)
             .order_by(t.c.seq)
             .limit(limit)
@@ -112,7 +135,7 @@ class EventReads:
         if after:
             after_seq = sa.bindparam("after_seq", type_=t.c.seq.type)
             up_to = (
-                self._pending_query(keys)
+                self._pending_query(keys, partitioned)
                 .where(t.c.seq <= after_seq)
                 .order_by(t.c.seq)
                 .limit(sa.bindparam("count_limit", type_=sa.Integer()))
@@ -121,15 +144,23 @@ class EventReads:
             below = sa.select(sa.func.count()).select_from(up_to).scalar_subquery()
             query = query.where(t.c.seq > after_seq).add_columns(below)
         if not keys:
-            self._fetch_queries[(limit, after)] = self._executor.hot(query)
+            self._fetch_queries[shape] = self._executor.hot(query)
         return query
 
-    def _pending_query(self, keys: Sequence[str]) -> sa.Select[Any]:
+    def _pending_query(self, keys: Sequence[str], partitioned: bool) -> sa.Select[Any]:
         """Pending events outside `keys` (already normalized by `fetch_query`)."""
         query = sa.select(self.table.c.seq).where(self._pending)
+        if partitioned:
+            query = query.where(self.in_partitions)
         if keys:
             query = query.where(self.partition_key.not_in(keys))
         return query
+
+
+def _partitions(params: dict[str, Any], partitions: Sequence[int] | None) -> dict[str, Any]:
+    if partitions is not None:
+        params["partitions"] = list(partitions)
+    return params
 
 
 def _pending_event(r: Sequence[Any]) -> PendingEvent:
@@ -145,4 +176,5 @@ def _pending_event(r: Sequence[Any]) -> PendingEvent:
         headers=r[8],
         created_at=utc(r[9]),
         attempts=r[10],
+        partition=r[11],
     )
