@@ -32,7 +32,13 @@ from alembic.util.exc import CommandError
 from outbox._names import check_identifier
 from outbox.config import mask_url
 from outbox.errors import ConfigurationError
-from outbox.schema.tables import build_lease_table, build_outbox_table, lease_table_name
+from outbox.schema.tables import (
+    build_inbox_tables,
+    build_lease_table,
+    build_outbox_table,
+    inbox_table_names,
+    lease_table_name,
+)
 
 #: The branch label of every revision of this package.
 BRANCH = "outbox"
@@ -81,10 +87,12 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox and lease tables, for an application's `target_metadata`."""
+    """A `MetaData` holding the outbox, lease and inbox tables, for an application's
+    `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
+    build_inbox_tables(metadata, table, schema)
     return metadata
 
 
@@ -138,7 +146,7 @@ def include_object_for(
     application's own filter.
     """
     t = Target(table, schema)
-    owned = {t.table, t.lease_table, t.version_table}
+    owned = {t.table, t.lease_table, t.version_table, *inbox_table_names(t.table)}
 
     def include_object(
         obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any

@@ -29,7 +29,18 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-OUTBOX_TABLES = {"outbox", "outbox_lease"}
+INBOX_TABLES = {"outbox_inbox", "outbox_inbox_offsets", "outbox_inbox_parked"}
+OUTBOX_TABLES = {"outbox", "outbox_lease"} | INBOX_TABLES
+
+
+def with_inbox(table: str) -> set[str]:
+    return {
+        table,
+        f"{table}_lease",
+        f"{table}_inbox",
+        f"{table}_inbox_offsets",
+        f"{table}_inbox_parked",
+    }
 
 
 @contextmanager
@@ -110,7 +121,7 @@ def test_revisions_create_exactly_the_model_and_downgrade_removes_it(
         assert snapshot(db_url) == snapshot(model_url)
     with engine_for(db_url) as engine, engine.connect() as conn:
         assert conn.exec_driver_sql("SELECT version_num FROM alembic_version_outbox").all() == [
-            ("outbox_0001",)
+            ("outbox_0005",)
         ]
     upgrade(db_url)  # already at head: nothing to do
 
@@ -137,12 +148,12 @@ def test_custom_table_in_another_schema_beside_the_default_one(
             for table in other.tables.values():
                 table.to_metadata(expected)
         assert differences(url, expected, {None, schema}) == []
-        assert tables(url, schema) == {"events", "events_lease", "alembic_version_events"}
+        assert tables(url, schema) == with_inbox("events") | {"alembic_version_events"}
         assert "alembic_version_audit" in tables(url)
 
         downgrade(url, table="events", schema=schema)
         assert tables(url, schema) == {"alembic_version_events"}
-        assert OUTBOX_TABLES | {"audit", "audit_lease"} <= tables(url)
+        assert OUTBOX_TABLES | with_inbox("audit") <= tables(url)
     finally:
         with engine_for(url) as engine, engine.begin() as conn:
             if kind == "postgresql":
@@ -252,10 +263,10 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
 
     alembic(app, db_url, "-x", "outbox_table=events", "upgrade", "heads")
 
-    assert tables(db_url) == {"orders", "events", "events_lease", "alembic_version"}
+    assert tables(db_url) == {"orders", "alembic_version"} | with_inbox("events")
     with engine_for(db_url) as engine, engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert sorted(r[0] for r in rows) == ["app_0001", "outbox_0001"]
+    assert sorted(r[0] for r in rows) == ["app_0001", "outbox_0005"]
 
     # The user's next revision: in their own folder, proposing nothing about the outbox.
     alembic(
@@ -269,7 +280,7 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
     alembic(app, db_url, "-x", "outbox_table=events", "upgrade", "heads")
     with engine_for(db_url) as engine, engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert sorted(r[0] for r in rows) == ["app_0002", "outbox_0001"]
+    assert sorted(r[0] for r in rows) == ["app_0002", "outbox_0005"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -283,7 +294,7 @@ def test_cli_migrate_creates_the_tables_and_prints_sql(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
     done = run_cli("--db-url", url, "--table", "events")
     assert done.returncode == 0, done.stderr
-    assert tables(url) == {"events", "events_lease", "alembic_version_events"}
+    assert tables(url) == with_inbox("events") | {"alembic_version_events"}
 
     # Offline: SQL only, so an unreachable server is fine.
     sql = run_cli(
