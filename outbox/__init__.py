@@ -16,6 +16,7 @@ from outbox.errors import (
     PublishError,
     TableMissingError,
 )
+from outbox.inbox import Inbox, InboxConfig, InboxEvent
 from outbox.relay.publisher import Delivery, InMemoryPublisher, Message, Publisher
 from outbox.relay.records import ParkedEvent, PendingEvent, Status
 from outbox.write.entity import EventSource
@@ -31,6 +32,9 @@ __all__ = [
     "EventRejectedError",
     "EventSource",
     "InMemoryPublisher",
+    "Inbox",
+    "InboxConfig",
+    "InboxEvent",
     "LeaseLostError",
     "Message",
     "NotInstalledError",
