@@ -14,7 +14,9 @@ from typing import Any
 import click
 
 from outbox.cli._options import CONTEXT, parse_duration
+from outbox.cli.consume import consume
 from outbox.cli.demo import demo
+from outbox.cli.inbox import inbox
 from outbox.cli.maintenance import healthcheck, migrate, purge
 from outbox.cli.parked import parked
 from outbox.cli.relay import relay
@@ -35,6 +37,8 @@ def cli() -> None:
       outbox status --db-url URL                   backlog and parked events
       outbox parked list --db-url URL              events the broker rejected for good
       outbox demo                                  the whole flow on this machine
+      outbox consume --app pkg.mod:inbox --bootstrap-servers kafka:9092 --topic orders
+      outbox inbox status --db-url URL             the consuming side's offsets and parked
 
     Every option can also be set with an environment variable (OUTBOX_DB_URL, OUTBOX_TABLE,
     ...; see each command's --help); a flag wins over the environment. Mistakes print one line,
@@ -42,7 +46,7 @@ def cli() -> None:
     """
 
 
-for _command in (migrate, relay, status, parked, purge, healthcheck, demo):
+for _command in (migrate, relay, status, parked, purge, healthcheck, demo, consume, inbox):
     cli.add_command(_command)
 
 

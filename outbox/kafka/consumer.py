@@ -128,3 +128,27 @@ class KafkaRecordSource:
             self._consumer.close(autocommit=False)
         except kafka_errors.KafkaError as exc:
             log.debug("consumer close: %s", exc)
+
+
+def end_offsets(bootstrap_servers: str, partitions: Iterable[Partition]) -> dict[Partition, int]:
+    """The high watermark of each partition (for `outbox inbox status`'s lag); raises
+    `BrokerUnavailableError` when no broker answers."""
+    wanted = [TopicPartition(t, p) for t, p in partitions]
+    if not wanted:
+        return {}
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers.split(","),
+            enable_auto_commit=False,
+            request_timeout_ms=5000,
+            api_version_auto_timeout_ms=5000,
+        )
+    except kafka_errors.NoBrokersAvailable:
+        raise BrokerUnavailableError(f"no broker reachable at {bootstrap_servers}") from None
+    try:
+        ends = consumer.end_offsets(wanted)
+        return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
+    except kafka_errors.KafkaError as exc:
+        raise BrokerUnavailableError(f"cannot read end offsets: {exc}") from None
+    finally:
+        consumer.close()

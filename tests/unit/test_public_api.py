@@ -41,8 +41,10 @@ PUBLIC = {
 }
 
 COMMANDS = {
+    "consume": set(),
     "demo": set(),
     "healthcheck": set(),
+    "inbox": {"parked", "purge", "status"},
     "migrate": set(),
     "parked": {"drop", "list", "requeue"},
     "purge": set(),
