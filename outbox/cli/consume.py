@@ -42,8 +42,12 @@ def load_app(spec: str) -> Inbox:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"--app {spec!r}: cannot import {module_name}: {exc}") from None
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # the application's own import failed: say so in one line
+        raise ConfigurationError(
+            f"--app {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
+        ) from None
     found: Any = module
     for part in attribute.split("."):
         if not hasattr(found, part):
@@ -161,8 +165,9 @@ def consume(
     from outbox.inbox.observer import InboxObserver
     from outbox.ops.logs import configure_logging
 
-    configure_logging(log_format, log_level)  # type: ignore[arg-type]
+    # The application first: what its imports log at INFO (alembic's plugins) stays quiet.
     inbox = load_app(app)
+    configure_logging(log_format, log_level)  # type: ignore[arg-type]
     stop = threading.Event()
     observer: InboxObserver = InboxObserver()
     render = None

@@ -91,7 +91,8 @@ def status(db_url: str, table: str, schema: str | None, consumer: str | None,
         ends = end_offsets(bootstrap_servers, {(r["topic"], r["partition"]) for r in rows})
         for r in rows:
             end = ends.get((r["topic"], r["partition"]))
-            r["lag"] = None if end is None else end - (r["next_offset"] or 0)
+            # Never negative: some brokers report a batch's base offset as the end.
+            r["lag"] = None if end is None else max(end - (r["next_offset"] or 0), 0)
     if as_json:
         click.echo(json.dumps({"partitions": rows}))
         return

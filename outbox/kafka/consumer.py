@@ -62,10 +62,12 @@ class KafkaRecordSource:
         options.update(settings or {})
         try:
             self._consumer = KafkaConsumer(**options)
-        except kafka_errors.NoBrokersAvailable:
-            raise BrokerUnavailableError(f"no broker reachable at {bootstrap_servers}") from None
         except (TypeError, AssertionError, kafka_errors.KafkaConfigurationError) as exc:
             raise ConfigurationError(f"invalid consumer settings: {exc}") from None
+        except kafka_errors.KafkaError as exc:
+            raise BrokerUnavailableError(
+                f"no broker reachable at {bootstrap_servers}: {exc}"
+            ) from None
 
     def subscribe(self, topics: list[str], assigned: Callback, revoked: Callback) -> None:
         self._consumer.subscribe(topics=topics, listener=_Listener(self, assigned, revoked))
@@ -141,10 +143,10 @@ def end_offsets(bootstrap_servers: str, partitions: Iterable[Partition]) -> dict
             bootstrap_servers=bootstrap_servers.split(","),
             enable_auto_commit=False,
             request_timeout_ms=5000,
-            api_version_auto_timeout_ms=5000,
+            bootstrap_timeout_ms=5000,
         )
-    except kafka_errors.NoBrokersAvailable:
-        raise BrokerUnavailableError(f"no broker reachable at {bootstrap_servers}") from None
+    except kafka_errors.KafkaError as exc:
+        raise BrokerUnavailableError(f"no broker reachable at {bootstrap_servers}: {exc}") from None
     try:
         ends = consumer.end_offsets(wanted)
         return {(tp.topic, tp.partition): int(o) for tp, o in ends.items()}
