@@ -236,9 +236,10 @@ class ConsumerProcess(RelayProcess):
         *extra: str,
         env: dict[str, str] | None = None,
         settings: dict[str, object] | None = None,
+        app: str = "tests.inbox_app:inbox",
     ) -> None:
         options = [f"-X{k}={v}" for k, v in {**FAST_GROUP, **(settings or {})}.items()]
-        args = ["--app", "tests.inbox_app:inbox", "--bootstrap-servers", bootstrap]
+        args = ["--app", app, "--bootstrap-servers", bootstrap]
         for topic in topics:
             args += ["--topic", topic]
         self.args = (*args, *options, *extra)
