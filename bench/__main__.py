@@ -35,6 +35,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "bench.write_path",
     "bench.drain",
     "bench.growth",
+    "bench.inbox",
 )
 
 RESULTS = Path(__file__).parent / "results"
