@@ -243,6 +243,15 @@ class Applier:
                 self._observer.state("database", False)
 
         try:
+            # The healthy path without tenacity (building its Retrying costs per record);
+            # the first transient error enters the retry loop, which calls `fn` again.
+            return fn()
+        except Exception as error:
+            if not is_transient_db_error(error):
+                raise
+            down(error)
+            log.warning("database unavailable (%s); retrying", type(error).__name__)
+        try:
             result = retry_transient(
                 fn,
                 is_transient=is_transient_db_error,
