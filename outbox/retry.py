@@ -38,9 +38,9 @@ def retry_transient(
     """Call `fn` until it returns, retrying transient errors with jittered exponential backoff.
 
     A non-transient error propagates at once; when `stop` is set, the last error propagates.
-    Every wait is logged with what the relay is waiting for. `sleep` replaces the wait (the
-    inbox keeps polling Kafka while it waits, so that the group does not evict it); it must
-    return early when `stop` is set.
+    The first wait is logged (a warning) with what the relay is waiting for, the later ones at
+    debug level. `sleep` replaces the wait (the inbox keeps polling Kafka while it waits, so
+    that the group does not evict it); it must return early when `stop` is set.
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -50,8 +50,11 @@ def retry_transient(
         if on_retry is not None:
             on_retry(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning(
-            "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
+        # The first wait of an outage is a warning; the later ones are detail: the relay's
+        # observer reminds of a lasting outage at most once a minute.
+        level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+        logger.log(
+            level, "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
         )
 
     def wait(seconds: float) -> None:
