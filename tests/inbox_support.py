@@ -252,6 +252,7 @@ class ConsumerProcess(RelayProcess):
             env=clean_env(INBOX_TEST_DB=db_url, **(env or {})),
         )
         self.lines: list[str] = []
+        self.times: list[float] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
