@@ -13,7 +13,9 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
+from outbox import InboxEvent
 from tests.faults.proxy import TcpProxy
 from tests.inbox_support import (
     ConsumerProcess,
@@ -162,3 +164,33 @@ def test_a_paused_consumer_cannot_commit_for_partitions_it_lost(pg_url: str, kaf
           f"commits refused by the fence {fenced}")  # fmt: skip
     assert (found.lost, found.applied_twice, found.order_violations) == (0, 0, 0)
     assert fenced >= 1, zombie.log[-3000:]
+
+
+def test_deadlocks_are_retried_in_place_and_count_no_attempt(pg_url: str, kafka: str) -> None:
+    prepare_db(pg_url).dispose()
+    topic = new_topic("deadlock")
+    create_topic(kafka, topic, 1)
+    sent = make_events(keys=3, per_key=4)
+    produce(kafka, topic, sent)
+    # One handler attempt only: a deadlock counted as a handler failure would park at once.
+    inbox = effects_inbox(pg_url, handler_attempts=1)
+    raised: dict[str, int] = {}
+
+    @inbox.handler()
+    def deadlock_twice(session: Session, event: InboxEvent) -> None:
+        if raised.setdefault(event.id, 0) < 2:
+            raised[event.id] += 1
+            # The server's own deadlock error (SQLSTATE 40P01), as a real deadlock raises it.
+            session.execute(sa.text(
+                "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' USING ERRCODE = '40P01'; END $$"
+            ))  # fmt: skip
+
+    with running(inbox, kafka, [topic]):
+        wait_for(lambda: len(applied_ids(pg_url)) >= len(sent), 60, "every event applied")
+        time.sleep(1.0)
+    found = figures(pg_url, sent)
+    attempts = {r.attempt for r in effect_rows(pg_url)}
+    print(found.line(f"{sum(raised.values())} deadlocks (2 per event)"),
+          f"handler attempts seen {sorted(attempts)}")  # fmt: skip
+    assert (found.lost, found.applied_twice, found.order_violations) == (0, 0, 0)
+    assert attempts == {1} and sum(raised.values()) == 2 * len(sent)
