@@ -80,6 +80,14 @@ class Applier:
         self.stored: dict[Partition, int] = {}
         self.db_up = True
 
+    @property
+    def store(self) -> InboxStore:
+        return self._store
+
+    @property
+    def session_factory(self) -> Callable[[], Session]:
+        return self._factory
+
     # -- one record ---------------------------------------------------------------------------
 
     def one(self, part: Partition, generation: int, record: Record) -> None:
@@ -91,14 +99,14 @@ class Applier:
         blocked = (part[0], part[1], event.key)
         if event.key is not None and blocked in self.blocked:
             outcome = self._tx(part, generation, record.offset + 1, event, self._hold(record))
-            self._report(outcome, event, 0.0)
+            self.report(outcome, event, 0.0)
             return
         started = time.perf_counter()
         outcome, failure = self._attempts(
             part, generation, record.offset + 1, event, self._apply(record)
         )
         if failure is None:
-            self._report(outcome, event, time.perf_counter() - started)
+            self.report(outcome, event, time.perf_counter() - started)
             return
         self._park_new(
             part,
@@ -116,7 +124,7 @@ class Applier:
                 return "duplicate"
             # The dedup row first: a concurrent copy then waits on its key, and fails it.
             self._store.record(session, event.id, record, DONE)
-            self._call(session, event)
+            self.call(session, event)
             return "applied"
 
         return work
@@ -157,7 +165,7 @@ class Applier:
             self._observer.parked(part[0])
             log.warning("parked %s at %s[%d]@%d: %s", event_id, *part, record.offset, error)
 
-    def _call(self, session: Session, event: InboxEvent) -> None:
+    def call(self, session: Session, event: InboxEvent) -> None:
         try:
             self._dispatch(session, event)
             session.flush()  # the handler's own constraint errors are its failure, not ours
@@ -218,7 +226,7 @@ class Applier:
             self.stored[part] = next_offset
         return outcome
 
-    def _report(self, outcome: str, event: InboxEvent, seconds: float) -> None:
+    def report(self, outcome: str, event: InboxEvent, seconds: float) -> None:
         if outcome == "applied":
             self._observer.applied(event.topic, event.type, seconds)
         elif outcome == "duplicate":
@@ -285,14 +293,14 @@ class Applier:
         def work(session: Session, event: InboxEvent) -> str:
             self._store.unpark(session, row.event_id)
             self._store.set_status(session, row.event_id, DONE)
-            self._call(session, event)
+            self.call(session, event)
             return "applied"
 
         started = time.perf_counter()
         outcome, failure = self._attempts(part, generation, None, event, work)
         if failure is None:
             log.info("applied %s %s event %s", row.state, event.type, event.id)
-            self._report(outcome, event, time.perf_counter() - started)
+            self.report(outcome, event, time.perf_counter() - started)
             return True
         reason = str(failure)
         self.transient(lambda: self._repark(row, reason, self._config.handler_attempts))

@@ -22,6 +22,7 @@ from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
 from outbox.inbox.apply import Applier, Dispatch, Stopped
+from outbox.inbox.batch import apply_batch
 from outbox.inbox.decode import Record
 from outbox.inbox.observer import InboxObserver
 from outbox.inbox.settings import InboxConfig
@@ -131,21 +132,26 @@ class Runner:
             log.info("outbox.inbox stopped")
 
     def _run_partition(self, part: Partition, records: list[Record]) -> None:
-        for record in records:
+        position = self._position.get(part)
+        if position is not None:
+            records = [r for r in records if r.offset >= position]
+        size = self._config.batch_size
+        for start in range(0, len(records), size):
             if self._stop.is_set():
                 return
             generation = self._owned.get(part)
             if generation is None:
                 return  # revoked or fenced: its owner reads on from the stored offset
-            position = self._position.get(part)
-            if position is not None and record.offset < position:
-                continue
+            chunk = records[start : start + size]
             try:
-                self.applier.one(part, generation, record)
+                if len(chunk) == 1:
+                    self.applier.one(part, generation, chunk[0])
+                else:
+                    apply_batch(self.applier, part, generation, chunk)
             except Fenced:
                 self._lose(part)
                 return
-            self._position[part] = record.offset + 1
+            self._position[part] = chunk[-1].offset + 1
 
     def _lose(self, part: Partition) -> None:
         log.warning("%s[%d] is owned by a newer consumer: not committing for it", *part)

@@ -142,6 +142,27 @@ class InboxStore:
             is not None
         )
 
+    def seen_many(self, session: Session, event_ids: Sequence[str]) -> set[str]:
+        """The ids among `event_ids` that already have a dedup row (one SELECT)."""
+        d = self.dedup
+        query = sa.select(d.c.event_id).where(
+            (d.c.consumer == self.consumer) & d.c.event_id.in_(list(event_ids))
+        )
+        return {r[0] for r in session.execute(query)}
+
+    def record_many(self, session: Session, applied: Sequence[tuple[str, Record]]) -> None:
+        """Insert the dedup rows of a batch in one statement; `DuplicateRace` on a copy."""
+        now = _now()
+        rows = [
+            {"consumer": self.consumer, "event_id": event_id, "topic": r.topic,
+             "partition": r.partition, "offset": r.offset, "status": DONE, "received_at": now}
+            for event_id, r in applied
+        ]  # fmt: skip
+        try:
+            session.execute(self.dedup.insert(), rows)
+        except exc.IntegrityError:
+            raise DuplicateRace(applied[0][0]) from None
+
     def record(self, session: Session, event_id: str, record: Record, status: str) -> None:
         """Insert the dedup row; `DuplicateRace` when a concurrent copy holds the key."""
         try:

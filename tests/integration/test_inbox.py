@@ -275,3 +275,24 @@ def test_handler_sees_the_session_and_event_fields(sqlite_url: str) -> None:
     assert seen == [("typed", "OrderPlaced", {"a": 1}), ("all", "OrderPlaced", "e"),
                     ("all", "Other", None)]  # fmt: skip
     engine.dispose()
+
+
+def test_batched_mode_dedups_and_falls_back_for_a_failing_record(db_url: str, kafka: str) -> None:
+    prepare_db(db_url).dispose()
+    topic = new_topic("batch")
+    create_topic(kafka, topic, 1)
+    sent = make_events(keys=4, per_key=10)
+    repeats = sent[::5]
+    poison = sent[17]
+    # Each repeat after its original (a repeat of a later event would move it earlier).
+    produce(kafka, topic, sent[:20] + sent[:20:5] + sent[20:] + sent[20::5] + repeats)
+    inbox = effects_inbox(db_url, poison={poison.event_id or ""}, batch_size=16)
+    held = {e.event_id for e in sent if e.key == poison.key and e.seq > poison.seq}
+    with running(inbox, kafka, [topic]):
+        wait_for(lambda: _next_offsets(db_url) == len(sent) + 2 * len(repeats), 60, "all read")
+        wait_for(lambda: len(_parked(db_url)) == 1 + len(held), 30, "parked and held")
+    expect = {e.event_id for e in sent} - held - {poison.event_id}
+    found = figures(db_url, sent, expect=expect)  # type: ignore[arg-type]
+    print(found.line(f"batched mode on {sa.make_url(db_url).get_backend_name()}"))
+    assert (found.lost, found.applied_twice, found.order_violations) == (0, 0, 0)
+    assert applied_ids(db_url) == expect
