@@ -4,9 +4,10 @@ Subject: the shipped ``outbox consume`` running `bench.inbox_app` (a handler tha
 row), so each record costs the fence, the dedup SELECT and INSERT, the handler's row and the
 commit. Floor: kafka-python's consumer reading the same topic and inserting the same row by
 hand, one transaction per record, no dedup, no offsets in the database (what a team would write
-without the inbox, and what loses or doubles effects on a crash). Both run as their own process
-on PostgreSQL; the rate is taken between the first and the last inserted row, so start-up and
-the group join are not counted.
+without the inbox, and what loses or doubles effects on a crash). The batched subject is the
+same command with ``batch_size=100``. Each runs as its own process on PostgreSQL; the rate is
+taken between the first and the last inserted row, so start-up and the group join are not
+counted.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import sqlalchemy as sa
 from bench.common import Context, scenario, unique
 
 OUTBOX = str(Path(sys.executable).with_name("outbox"))
+#: The batched subject's InboxConfig.batch_size.
+BATCH = 100
 ROOT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -51,7 +54,10 @@ def _prepare(url: str) -> None:
 
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
-        build_metadata().create_all(engine)
+        # A fresh start for each subject: no stored offsets, no dedup rows of an earlier one.
+        tables = build_metadata()
+        tables.drop_all(engine)
+        tables.create_all(engine)
         metadata.drop_all(engine)
         metadata.create_all(engine)
     finally:
@@ -81,22 +87,21 @@ def _rate(url: str, count: int, process: subprocess.Popen[bytes], timeout: float
         engine.dispose()
 
 
-def _env(url: str) -> dict[str, str]:
+def _env(url: str, batch: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
-    env.update(
-        BENCH_INBOX_DB=url, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    )
+    path = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env.update(BENCH_INBOX_DB=url, BENCH_INBOX_BATCH=str(batch), PYTHONPATH=path)
     return env
 
 
-def subject(ctx: Context, url: str, topic: str, count: int) -> float:
+def subject(ctx: Context, url: str, topic: str, count: int, batch: int = 1) -> float:
     _prepare(url)
     process = subprocess.Popen(
         [OUTBOX, "consume", "--app", "bench.inbox_app:inbox", "--bootstrap-servers",
          ctx.bootstrap_servers, "--topic", topic, "--group", unique("bench"), "--log-level",
          "WARNING", "-X", "max_poll_interval_ms=6000", "-X", "session_timeout_ms=6000",
          "-X", "heartbeat_interval_ms=1000"],
-        env=_env(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=_env(url, batch), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     return _rate(url, count, process, timeout=300)
 
@@ -137,6 +142,7 @@ def inbox_rate(ctx: Context) -> None:
     baseline = "kafka-python + INSERT, 1 tx/record"
     floors: list[float] = []
     subjects: list[float] = []
+    batched: list[float] = []
     with ctx.database("postgresql") as url:
         for _ in range(ctx.repeats):
             with ctx.fresh_broker():
@@ -144,8 +150,11 @@ def inbox_rate(ctx: Context) -> None:
                 _produce(ctx.bootstrap_servers, topic, count)
                 floors.append(floor(ctx, url, topic, count))
                 subjects.append(subject(ctx, url, topic, count))
+                batched.append(subject(ctx, url, topic, count, batch=BATCH))
     ctx.record(baseline, floors, "events/s", note="no dedup, no stored offsets")
     ctx.record("outbox consume (one-row handler)", subjects, "events/s", baseline=baseline,
+               headline=True)  # fmt: skip
+    ctx.record(f"outbox consume, batch_size={BATCH}", batched, "events/s", baseline=baseline,
                headline=True)  # fmt: skip
 
 

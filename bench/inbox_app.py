@@ -8,7 +8,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from outbox import Inbox, InboxEvent
+from outbox import Inbox, InboxConfig, InboxEvent
 
 metadata = sa.MetaData()
 rows = sa.Table(
@@ -22,7 +22,8 @@ rows = sa.Table(
 )
 
 _engine = sa.create_engine(os.environ.get("BENCH_INBOX_DB", "sqlite://"))
-inbox = Inbox(sessionmaker(_engine), consumer="bench")
+_batch = int(os.environ.get("BENCH_INBOX_BATCH", "1"))
+inbox = Inbox(sessionmaker(_engine), consumer="bench", config=InboxConfig(batch_size=_batch))
 
 
 @inbox.handler("BenchEvent")
