@@ -35,6 +35,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "bench.write_path",
     "bench.drain",
     "bench.growth",
+    "bench.snapshot",
     "bench.inbox",
 )
 

@@ -20,6 +20,7 @@ from outbox.cli.inbox import inbox
 from outbox.cli.maintenance import healthcheck, migrate, purge
 from outbox.cli.parked import parked
 from outbox.cli.relay import relay
+from outbox.cli.snapshot import snapshot
 from outbox.cli.status import status
 from outbox.ops.entrypoint import run_command
 
@@ -36,6 +37,7 @@ def cli() -> None:
       outbox relay --db-url URL --bootstrap-servers kafka:9092
       outbox status --db-url URL                   backlog and parked events
       outbox parked list --db-url URL              events the broker rejected for good
+      outbox snapshot run --db-url URL --app APP --model MODEL   existing rows as events
       outbox demo                                  the whole flow on this machine
       outbox consume --app pkg.mod:inbox --bootstrap-servers kafka:9092 --topic orders
       outbox inbox status --db-url URL             the consuming side's offsets and parked
@@ -46,7 +48,9 @@ def cli() -> None:
     """
 
 
-for _command in (migrate, relay, status, parked, purge, healthcheck, demo, consume, inbox):
+for _command in (
+    migrate, relay, status, parked, purge, healthcheck, demo, snapshot, consume, inbox,
+):  # fmt: skip
     cli.add_command(_command)
 
 

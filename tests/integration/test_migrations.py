@@ -30,19 +30,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 INBOX_TABLES = {"outbox_inbox", "outbox_inbox_offsets", "outbox_inbox_parked"}
-OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays"} | INBOX_TABLES
+OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays", "outbox_snapshot"} | INBOX_TABLES
+#: The head revision of the package's branch.
 HEAD = "outbox_0005"
 
 
 def with_inbox(table: str) -> set[str]:
-    return {
-        table,
-        f"{table}_lease",
-        f"{table}_relays",
-        f"{table}_inbox",
-        f"{table}_inbox_offsets",
-        f"{table}_inbox_parked",
-    }
+    """The tables of the model beside an outbox table named `table`."""
+    suffixes = ("", "_lease", "_relays", "_snapshot", "_inbox", "_inbox_offsets", "_inbox_parked")
+    return {table + suffix for suffix in suffixes}
 
 
 @contextmanager

@@ -1,7 +1,7 @@
 """Create the inbox tables: dedup records, stored offsets, parked and held events.
 
 Revision ID: outbox_0005
-Revises: 0002
+Revises: outbox_0004
 Create Date: 2026-12-02
 
 Frozen copy of `outbox.schema.tables.build_inbox_tables` at the time of writing. The tables are
@@ -20,7 +20,7 @@ from sqlalchemy.dialects import mysql
 from outbox.schema.migrate import current_target
 
 revision: str = "outbox_0005"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "outbox_0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
