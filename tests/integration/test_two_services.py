@@ -17,7 +17,7 @@ from sqlalchemy.orm import sessionmaker
 
 from outbox import Outbox
 from outbox.demo.billing import Invoice, place_order
-from tests.inbox_support import ConsumerProcess, run_outbox, wait_for
+from tests.inbox_support import ConsumerProcess, create_topic, run_outbox, wait_for
 from tests.support import RelayProcess, consume
 
 pytestmark = pytest.mark.integration
@@ -44,6 +44,8 @@ def test_every_order_gets_one_invoice_and_one_invoice_event(
         result = run_outbox("migrate", "--db-url", url)
         assert result.returncode == 0, result.stderr
     prefix = f"shop{uuid.uuid4().hex[:8]}."
+    # The consumer subscribes before the first order: its topic must exist by then.
+    create_topic(kafka, prefix + "orders", 2)
     relay_args = ("--bootstrap-servers", kafka, "--topic-prefix", prefix)
     relays.append(RelayProcess("--db-url", orders_db, *relay_args))
     relays.append(RelayProcess("--db-url", billing_db, *relay_args))
