@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -242,9 +243,22 @@ def test_sigterm_finishes_the_record_in_flight_and_exits_0(sqlite_url: str, kafk
     create_topic(kafka, topic, 1)
     sent = make_events(keys=2, per_key=10)
     produce(kafka, topic, sent)
-    consumer = ConsumerProcess(sqlite_url, kafka, [topic], env={"INBOX_TEST_SLOW": "0.2"})
+    from outbox.demo.broker import free_port
+    from tests.support import http_status
+
+    health, metrics = free_port(), free_port()
+    consumer = ConsumerProcess(
+        sqlite_url, kafka, [topic], "--health-port", str(health), "--metrics-port", str(metrics),
+        env={"INBOX_TEST_SLOW": "0.2"},
+    )  # fmt: skip
     try:
         wait_for(lambda: len(applied_ids(sqlite_url)) >= 3, 60, "some applied")
+        assert http_status(health, "/healthz") == 200
+        assert http_status(health, "/readyz") == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics}/metrics", timeout=5) as page:
+            text = page.read().decode()
+        assert 'outbox_inbox_events_applied_total{topic="' + topic in text
+        assert "outbox_inbox_handler_duration_seconds_bucket" in text
         assert consumer.terminate() == 0, consumer.log[-2000:]
     finally:
         consumer.kill()
