@@ -37,6 +37,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "bench.growth",
     "bench.snapshot",
     "bench.scaleout",
+    "bench.inbox",
 )
 
 RESULTS = Path(__file__).parent / "results"

@@ -17,6 +17,7 @@ from outbox.errors import (
     SnapshotError,
     TableMissingError,
 )
+from outbox.inbox import Inbox, InboxConfig, InboxEvent
 from outbox.relay.publisher import Delivery, InMemoryPublisher, Message, Publisher
 from outbox.relay.records import ParkedEvent, PendingEvent, Status
 from outbox.snapshot.options import SnapshotResult
@@ -33,6 +34,9 @@ __all__ = [
     "EventRejectedError",
     "EventSource",
     "InMemoryPublisher",
+    "Inbox",
+    "InboxConfig",
+    "InboxEvent",
     "LeaseLostError",
     "Message",
     "NotInstalledError",

@@ -33,12 +33,14 @@ def retry_transient(
     initial: float = 0.1,
     maximum: float = 10.0,
     on_retry: Callable[[BaseException], None] | None = None,
+    sleep: Callable[[float], None] | None = None,
 ) -> T:
     """Call `fn` until it returns, retrying transient errors with jittered exponential backoff.
 
     A non-transient error propagates at once; when `stop` is set, the last error propagates.
     The first wait is logged (a warning) with what the relay is waiting for, the later ones at
-    debug level.
+    debug level. `sleep` replaces the wait (the inbox keeps polling Kafka while it waits, so
+    that the group does not evict it); it must return early when `stop` is set.
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -55,7 +57,7 @@ def retry_transient(
             level, "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
         )
 
-    def sleep(seconds: float) -> None:
+    def wait(seconds: float) -> None:
         # Interruptible: a stop request ends the wait at once.
         stop.wait(seconds)
 
@@ -63,7 +65,7 @@ def retry_transient(
         retry=retry_if_exception(is_transient),
         wait=wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial),
         stop=stop_when_event_set(stop),
-        sleep=sleep,
+        sleep=wait if sleep is None else sleep,
         before_sleep=before_sleep,
         reraise=True,
     )

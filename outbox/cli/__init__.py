@@ -14,7 +14,9 @@ from typing import Any
 import click
 
 from outbox.cli._options import CONTEXT, parse_duration
+from outbox.cli.consume import consume
 from outbox.cli.demo import demo
+from outbox.cli.inbox import inbox
 from outbox.cli.maintenance import healthcheck, migrate, purge
 from outbox.cli.parked import parked
 from outbox.cli.partitions import partitions
@@ -39,6 +41,8 @@ def cli() -> None:
       outbox snapshot run --db-url URL --app APP --model MODEL   existing rows as events
       outbox partitions enable --db-url URL        let partitioned relays share the table
       outbox demo                                  the whole flow on this machine
+      outbox consume --app pkg.mod:inbox --bootstrap-servers kafka:9092 --topic orders
+      outbox inbox status --db-url URL             the consuming side's offsets and parked
 
     Every option can also be set with an environment variable (OUTBOX_DB_URL, OUTBOX_TABLE,
     ...; see each command's --help); a flag wins over the environment. Mistakes print one line,
@@ -46,7 +50,9 @@ def cli() -> None:
     """
 
 
-for _command in (migrate, relay, status, parked, partitions, purge, healthcheck, demo, snapshot):
+for _command in (
+    migrate, relay, status, parked, partitions, purge, healthcheck, demo, snapshot, consume, inbox,
+):  # fmt: skip
     cli.add_command(_command)
 
 

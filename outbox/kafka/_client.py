@@ -15,9 +15,10 @@ with warnings.catch_warnings():
     # which warns on import: keep that out of applications that run with -W error.
     warnings.filterwarnings("ignore", r"(read|open)_text is deprecated", DeprecationWarning)
     import kafka.errors as kafka_errors
-    from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+    from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer, TopicPartition
     from kafka.partitioner import DefaultPartitioner, Partitioner
     from kafka.partitioner.default import murmur2
+    from kafka.structs import OffsetAndMetadata
 
 
 def crc32c_available() -> bool:
@@ -26,9 +27,11 @@ def crc32c_available() -> bool:
 
 
 __all__ = [
+    "ConsumerRebalanceListener",
     "DefaultPartitioner",
     "KafkaConsumer",
     "KafkaProducer",
+    "OffsetAndMetadata",
     "Partitioner",
     "TopicPartition",
     "crc32c_available",

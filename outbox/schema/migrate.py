@@ -34,6 +34,7 @@ from outbox.config import mask_url
 from outbox.errors import ConfigurationError
 from outbox.schema.alembic_config import warn_about
 from outbox.schema.tables import (
+    build_inbox_tables,
     build_lease_table,
     build_members_table,
     build_outbox_table,
@@ -91,7 +92,7 @@ class Target:
     @property
     def tables(self) -> tuple[str, ...]:
         """The names of the tables the revisions own, in creation order (from the one model)."""
-        return tuple(t.name for t in build_metadata(self.table, self.schema).sorted_tables)
+        return tuple(t.name for t in build_metadata(self.table, self.schema).tables.values())
 
 
 def version_table_name(table: str) -> str:
@@ -105,13 +106,14 @@ def version_table_name(table: str) -> str:
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
     """A `MetaData` holding the outbox table and its companions (lease, relays, partitions,
-    snapshot), for an application's `target_metadata`."""
+    snapshot, inbox), for an application's `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
     build_partitions_table(metadata, table, schema)
     build_members_table(metadata, table, schema)
     build_snapshot_table(metadata, table, schema)
+    build_inbox_tables(metadata, table, schema)
     return metadata
 
 

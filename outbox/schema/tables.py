@@ -220,3 +220,79 @@ def build_snapshot_table(metadata: sa.MetaData, table_name: str, schema: str | N
         sa.Index(f"ix_{name}_target", "target", "state"),
         schema=schema,
     )
+
+
+# -- the inbox (consuming side) ------------------------------------------------------------------
+
+CONSUMER_LENGTH = 200
+#: The inbox tables beside an outbox table named `table`: dedup records, offsets, parked/held.
+INBOX_SUFFIXES = ("_inbox", "_inbox_offsets", "_inbox_parked")
+
+
+def inbox_table_names(table_name: str) -> tuple[str, str, str]:
+    """The dedup, offsets and parked table names of the inbox beside outbox table `table_name`."""
+    names = (f"{table_name}{INBOX_SUFFIXES[0]}", *(table_name + s for s in INBOX_SUFFIXES[1:]))
+    for name in names:
+        check_identifier(name, "inbox table name")
+    return names[0], names[1], names[2]
+
+
+def build_inbox_tables(
+    metadata: sa.MetaData, table_name: str, schema: str | None
+) -> tuple[sa.Table, sa.Table, sa.Table]:
+    """Define the inbox's tables: dedup records, stored offsets (with the fencing generation)
+    and parked/held events. Payloads live only in the parked table, so the dedup table stays
+    narrow: a row per applied event id and consumer, purged after a retention window."""
+    dedup, offsets, parked = inbox_table_names(table_name)
+    dedup_table = sa.Table(
+        dedup,
+        metadata,
+        sa.Column("consumer", sa.String(CONSUMER_LENGTH), nullable=False),
+        sa.Column("event_id", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("topic", sa.String(TOPIC_LENGTH), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("offset", sa.BigInteger(), nullable=False),
+        # done (applied), held (waiting behind a parked event of its key), parked, dropped.
+        sa.Column("status", sa.String(10), nullable=False),
+        sa.Column("received_at", TIMESTAMP_TYPE, nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name=f"pk_{dedup}"),
+        sa.Index(f"ix_{dedup}_received", "consumer", "received_at"),
+        schema=schema,
+    )
+    offsets_table = sa.Table(
+        offsets,
+        metadata,
+        sa.Column("consumer", sa.String(CONSUMER_LENGTH), nullable=False),
+        sa.Column("topic", sa.String(TOPIC_LENGTH), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        # The next offset to read; NULL until the first record of a claimed partition.
+        sa.Column("next_offset", sa.BigInteger(), nullable=True),
+        # The fencing token: bumped by every claim; an apply commits only with the current one.
+        sa.Column("generation", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("owner", sa.String(NAME_LENGTH), nullable=True),
+        sa.Column("updated_at", TIMESTAMP_TYPE, nullable=True),
+        sa.PrimaryKeyConstraint("consumer", "topic", "partition", name=f"pk_{offsets}"),
+        schema=schema,
+    )
+    parked_table = sa.Table(
+        parked,
+        metadata,
+        sa.Column("consumer", sa.String(CONSUMER_LENGTH), nullable=False),
+        sa.Column("event_id", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("event_type", sa.String(NAME_LENGTH), nullable=True),
+        sa.Column("topic", sa.String(TOPIC_LENGTH), nullable=False),
+        sa.Column("partition", sa.Integer(), nullable=False),
+        sa.Column("offset", sa.BigInteger(), nullable=False),
+        sa.Column("key", sa.String(NAME_LENGTH), nullable=True),
+        sa.Column("headers", sa.JSON(), nullable=True),
+        sa.Column("payload", PAYLOAD_TYPE, nullable=True),
+        # parked (failed, blocks its key), held (behind a parked one), requeued (to re-apply).
+        sa.Column("state", sa.String(10), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("attempts", sa.Integer(), nullable=False, server_default=sa.text("0")),
+        sa.Column("parked_at", TIMESTAMP_TYPE, nullable=False),
+        sa.PrimaryKeyConstraint("consumer", "event_id", name=f"pk_{parked}"),
+        sa.Index(f"ix_{parked}_key", "consumer", "topic", "partition", "key"),
+        schema=schema,
+    )
+    return dedup_table, offsets_table, parked_table

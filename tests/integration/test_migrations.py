@@ -29,9 +29,25 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays", "outbox_partitions", "outbox_snapshot"}
+INBOX_TABLES = {"outbox_inbox", "outbox_inbox_offsets", "outbox_inbox_parked"}
+OUTBOX_TABLES = {
+    "outbox",
+    "outbox_lease",
+    "outbox_relays",
+    "outbox_partitions",
+    "outbox_snapshot",
+} | INBOX_TABLES
 #: The head revision of the package's branch.
-HEAD = "outbox_0004"
+HEAD = "outbox_0005"
+
+
+def model_tables(table: str) -> set[str]:
+    """The tables of the model beside an outbox table named `table`."""
+    suffixes = (
+        *("", "_lease", "_relays", "_partitions", "_snapshot"),
+        *("_inbox", "_inbox_offsets", "_inbox_parked"),
+    )
+    return {table + suffix for suffix in suffixes}
 
 
 @contextmanager
@@ -146,25 +162,12 @@ def test_custom_table_in_another_schema_beside_the_default_one(
             for table in other.tables.values():
                 table.to_metadata(expected)
         assert differences(url, expected, {None, schema}) == []
-        assert tables(url, schema) == {
-            "events",
-            "events_lease",
-            "events_partitions",
-            "events_relays",
-            "events_snapshot",
-            "alembic_version_events",
-        }
+        assert tables(url, schema) == model_tables("events") | {"alembic_version_events"}
         assert "alembic_version_audit" in tables(url)
 
         downgrade(url, table="events", schema=schema)
         assert tables(url, schema) == {"alembic_version_events"}
-        assert OUTBOX_TABLES | {
-            "audit",
-            "audit_lease",
-            "audit_relays",
-            "audit_partitions",
-            "audit_snapshot",
-        } <= tables(url)
+        assert OUTBOX_TABLES | model_tables("audit") <= tables(url)
     finally:
         with engine_for(url) as engine, engine.begin() as conn:
             if kind == "postgresql":
@@ -274,15 +277,7 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
 
     alembic(app, db_url, "-x", "outbox_table=events", "upgrade", "heads")
 
-    assert tables(db_url) == {
-        "orders",
-        "events",
-        "events_lease",
-        "events_partitions",
-        "events_relays",
-        "events_snapshot",
-        "alembic_version",
-    }
+    assert tables(db_url) == {"orders", "alembic_version"} | model_tables("events")
     with engine_for(db_url) as engine, engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
     assert sorted(r[0] for r in rows) == sorted([HEAD, "app_0001"])
@@ -313,14 +308,7 @@ def test_cli_migrate_creates_the_tables_and_prints_sql(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
     done = run_cli("--db-url", url, "--table", "events")
     assert done.returncode == 0, done.stderr
-    assert tables(url) == {
-        "events",
-        "events_lease",
-        "events_relays",
-        "events_partitions",
-        "events_snapshot",
-        "alembic_version_events",
-    }
+    assert tables(url) == model_tables("events") | {"alembic_version_events"}
 
     # Offline: SQL only, so an unreachable server is fine.
     sql = run_cli(

@@ -21,6 +21,9 @@ PUBLIC = {
     "EventRejectedError",
     "EventSource",
     "InMemoryPublisher",
+    "Inbox",
+    "InboxConfig",
+    "InboxEvent",
     "LeaseLostError",
     "Message",
     "NotInstalledError",
@@ -40,8 +43,10 @@ PUBLIC = {
 }
 
 COMMANDS = {
+    "consume": set(),
     "demo": set(),
     "healthcheck": set(),
+    "inbox": {"parked", "purge", "status"},
     "migrate": set(),
     "parked": {"drop", "list", "requeue"},
     "partitions": {"disable", "enable"},

@@ -1,0 +1,354 @@
+"""All of the inbox's SQL: dedup records, fenced offsets, parked and held events.
+
+Every statement of the apply path runs on the handler's session, inside the one transaction
+that also carries the handler's writes. Duplicates are found by a SELECT of (consumer,
+event_id); a concurrent copy that slips past it fails the primary key, and only the
+`IntegrityError` class of that one INSERT is looked at (never its text, never INSERT IGNORE):
+the caller rolls back and runs the record again, and the SELECT then sees the copy.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.orm import Session
+
+from outbox.inbox.decode import Record
+from outbox.schema.tables import build_inbox_tables
+
+# Dedup statuses; parked-table states.
+DONE, HELD, PARKED, DROPPED = "done", "held", "parked", "dropped"
+REQUEUED = "requeued"
+
+
+class Fenced(Exception):
+    """A newer claim of the partition exists: this consumer must not commit for it."""
+
+
+class DuplicateRace(Exception):
+    """The dedup INSERT hit the primary key: a concurrent copy committed first. Roll back and
+    run the record again (its SELECT then sees the copy)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedRow:
+    """One row of the parked table (a parked, held or requeued record)."""
+
+    event_id: str
+    event_type: str | None
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    state: str
+    error: str | None
+    attempts: int
+    parked_at: datetime
+    record: Record
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _encode_headers(headers: Sequence[tuple[str, bytes]]) -> list[list[str]]:
+    return [[name, base64.b64encode(value or b"").decode()] for name, value in headers]
+
+
+def _decode_headers(stored: Any) -> list[tuple[str, bytes]]:
+    if isinstance(stored, str):
+        stored = json.loads(stored)
+    return [(str(name), base64.b64decode(value)) for name, value in stored or ()]
+
+
+class InboxStore:
+    """The inbox tables of one consumer name (the dedup namespace)."""
+
+    def __init__(self, consumer: str, table: str = "outbox", schema: str | None = None) -> None:
+        metadata = sa.MetaData()
+        self.dedup, self.offsets, self.parked = build_inbox_tables(metadata, table, schema)
+        self.metadata = metadata
+        self.consumer = consumer
+
+    # -- partitions and the fence ----------------------------------------------------------
+
+    def claim(
+        self, session: Session, topic: str, partition: int, owner: str
+    ) -> tuple[int, int | None]:
+        """Take the partition over: bump its generation (fencing every earlier owner) and return
+        (generation, next offset to read or None when nothing was applied yet)."""
+        o = self.offsets
+        where = (
+            (o.c.consumer == self.consumer) & (o.c.topic == topic) & (o.c.partition == partition)
+        )
+        row = session.execute(
+            sa.select(o.c.generation, o.c.next_offset).where(where).with_for_update()
+        ).first()
+        if row is None:
+            # A concurrent first claim fails the primary key: the caller's retry then updates.
+            session.execute(
+                o.insert().values(
+                    consumer=self.consumer, topic=topic, partition=partition, next_offset=None,
+                    generation=1, owner=owner, updated_at=_now(),
+                )
+            )  # fmt: skip
+            return 1, None
+        generation = int(row.generation) + 1
+        session.execute(
+            o.update().where(where).values(generation=generation, owner=owner, updated_at=_now())
+        )
+        return generation, None if row.next_offset is None else int(row.next_offset)
+
+    def fence(
+        self, session: Session, topic: str, partition: int, generation: int, next_offset: int | None
+    ) -> None:
+        """Store the next offset (or only touch the row) if `generation` is still the current
+        claim; else raise `Fenced`. Run first in a transaction, it also locks the partition's
+        row, so a new owner's claim waits for this transaction."""
+        o = self.offsets
+        values: dict[str, Any] = {"updated_at": _now()}
+        if next_offset is not None:
+            values["next_offset"] = next_offset
+        result = session.execute(
+            o.update()
+            .where(
+                (o.c.consumer == self.consumer)
+                & (o.c.topic == topic)
+                & (o.c.partition == partition)
+                & (o.c.generation == generation)
+            )
+            .values(**values)
+        )
+        if result.rowcount == 0:  # type: ignore[attr-defined]
+            raise Fenced(f"{topic}[{partition}] was claimed by a newer consumer")
+
+    # -- dedup -----------------------------------------------------------------------------
+
+    def seen(self, session: Session, event_id: str) -> bool:
+        d = self.dedup
+        return (
+            session.execute(
+                sa.select(d.c.status).where(
+                    (d.c.consumer == self.consumer) & (d.c.event_id == event_id)
+                )
+            ).first()
+            is not None
+        )
+
+    def seen_many(self, session: Session, event_ids: Sequence[str]) -> set[str]:
+        """The ids among `event_ids` that already have a dedup row (one SELECT)."""
+        d = self.dedup
+        query = sa.select(d.c.event_id).where(
+            (d.c.consumer == self.consumer) & d.c.event_id.in_(list(event_ids))
+        )
+        return {r[0] for r in session.execute(query)}
+
+    def record_many(self, session: Session, applied: Sequence[tuple[str, Record]]) -> None:
+        """Insert the dedup rows of a batch in one statement; `DuplicateRace` on a copy."""
+        now = _now()
+        rows = [
+            {"consumer": self.consumer, "event_id": event_id, "topic": r.topic,
+             "partition": r.partition, "offset": r.offset, "status": DONE, "received_at": now}
+            for event_id, r in applied
+        ]  # fmt: skip
+        try:
+            session.execute(self.dedup.insert(), rows)
+        except exc.IntegrityError:
+            raise DuplicateRace(applied[0][0]) from None
+
+    def record(self, session: Session, event_id: str, record: Record, status: str) -> None:
+        """Insert the dedup row; `DuplicateRace` when a concurrent copy holds the key."""
+        try:
+            session.execute(
+                self.dedup.insert().values(
+                    consumer=self.consumer, event_id=event_id, topic=record.topic,
+                    partition=record.partition, offset=record.offset, status=status,
+                    received_at=_now(),
+                )
+            )  # fmt: skip
+        except exc.IntegrityError:
+            raise DuplicateRace(event_id) from None
+
+    def set_status(self, session: Session, event_id: str, status: str) -> None:
+        d = self.dedup
+        session.execute(
+            d.update()
+            .where((d.c.consumer == self.consumer) & (d.c.event_id == event_id))
+            .values(status=status)
+        )
+
+    # -- parked and held -------------------------------------------------------------------
+
+    def park(
+        self,
+        session: Session,
+        event_id: str,
+        event_type: str | None,
+        record: Record,
+        state: str,
+        error: str | None,
+        attempts: int,
+    ) -> None:
+        session.execute(
+            self.parked.insert().values(
+                consumer=self.consumer, event_id=event_id, event_type=event_type,
+                topic=record.topic, partition=record.partition, offset=record.offset,
+                key=None if record.key is None else record.key.decode("utf-8", "replace"),
+                headers=_encode_headers(record.headers), payload=record.value, state=state,
+                error=error, attempts=attempts, parked_at=_now(),
+            )
+        )  # fmt: skip
+
+    def repark(self, session: Session, event_id: str, error: str, attempts: int) -> None:
+        p = self.parked
+        session.execute(
+            p.update()
+            .where((p.c.consumer == self.consumer) & (p.c.event_id == event_id))
+            .values(state=PARKED, error=error, attempts=p.c.attempts + attempts, parked_at=_now())
+        )
+
+    def unpark(self, session: Session, event_id: str) -> None:
+        p = self.parked
+        session.execute(
+            p.delete().where((p.c.consumer == self.consumer) & (p.c.event_id == event_id))
+        )
+
+    def parked_rows(
+        self, session: Session | sa.Connection, partitions: Iterable[tuple[str, int]] | None = None
+    ) -> list[ParkedRow]:
+        """Parked, held and requeued rows, in (topic, partition, offset) order; only those of
+        `partitions` when given."""
+        p = self.parked
+        query = sa.select(p).where(p.c.consumer == self.consumer)
+        if partitions is not None:
+            wanted = list(partitions)
+            if not wanted:
+                return []
+            query = query.where(
+                sa.or_(*((p.c.topic == t) & (p.c.partition == n) for t, n in wanted))
+            )
+        rows = session.execute(query.order_by(p.c.topic, p.c.partition, p.c.offset)).all()
+        return [
+            ParkedRow(
+                event_id=r.event_id,
+                event_type=r.event_type,
+                topic=r.topic,
+                partition=int(r.partition),
+                offset=int(r.offset),
+                key=r.key,
+                state=r.state,
+                error=r.error,
+                attempts=int(r.attempts),
+                parked_at=r.parked_at,
+                record=Record(
+                    topic=r.topic,
+                    partition=int(r.partition),
+                    offset=int(r.offset),
+                    key=None if r.key is None else r.key.encode(),
+                    value=r.payload,
+                    headers=_decode_headers(r.headers),
+                ),
+            )
+            for r in rows
+        ]
+
+    # -- operator commands -----------------------------------------------------------------
+
+    def _parked_where(self, event_ids: Sequence[str] | None, states: Sequence[str]) -> Any:
+        p = self.parked
+        where = (p.c.consumer == self.consumer) & p.c.state.in_(states)
+        return where if event_ids is None else where & p.c.event_id.in_(list(event_ids))
+
+    def requeue(self, conn: sa.Connection, event_ids: Sequence[str] | None) -> int:
+        """Mark parked rows for the running consumer to apply again (None: all of them)."""
+        result = conn.execute(
+            self.parked.update()
+            .where(self._parked_where(event_ids, [PARKED]))
+            .values(state=REQUEUED)
+        )
+        return int(result.rowcount)
+
+    def drop(self, conn: sa.Connection, event_ids: Sequence[str] | None) -> int:
+        """Give parked rows up: the dedup row says dropped; the key's held events then flow."""
+        p, d = self.parked, self.dedup
+        where = self._parked_where(event_ids, [PARKED, REQUEUED])
+        ids = [r.event_id for r in conn.execute(sa.select(p.c.event_id).where(where))]
+        if not ids:
+            return 0
+        conn.execute(
+            d.update()
+            .where((d.c.consumer == self.consumer) & d.c.event_id.in_(ids))
+            .values(status=DROPPED)
+        )
+        conn.execute(p.delete().where((p.c.consumer == self.consumer) & p.c.event_id.in_(ids)))
+        return len(ids)
+
+    def purge(self, conn: sa.Connection, older_than: timedelta) -> int:
+        """Delete applied or dropped dedup rows older than `older_than`, and only those below
+        their partition's stored offset (a record not yet behind the offset may still be read
+        again, and its row is what makes that read a duplicate)."""
+        d, o = self.dedup, self.offsets
+        below = (
+            sa.select(o.c.next_offset)
+            .where(
+                (o.c.consumer == d.c.consumer)
+                & (o.c.topic == d.c.topic)
+                & (o.c.partition == d.c.partition)
+            )
+            .scalar_subquery()
+        )
+        result = conn.execute(
+            d.delete().where(
+                (d.c.consumer == self.consumer)
+                & d.c.status.in_([DONE, DROPPED])
+                & (d.c.received_at < _now() - older_than)
+                & (d.c.offset < below)
+            )
+        )
+        return int(result.rowcount)
+
+
+def consumers(conn: sa.Connection, table: str = "outbox", schema: str | None = None) -> list[str]:
+    """Every consumer name that has stored offsets or parked rows."""
+    store = InboxStore("", table, schema)
+    names = {r[0] for r in conn.execute(sa.select(store.offsets.c.consumer).distinct())}
+    names |= {r[0] for r in conn.execute(sa.select(store.parked.c.consumer).distinct())}
+    return sorted(names)
+
+
+def partition_status(conn: sa.Connection, store: InboxStore) -> list[dict[str, Any]]:
+    """Per partition of the store's consumer: stored offset, generation, owner, parked and held."""
+    o, p = store.offsets, store.parked
+    counts: dict[tuple[str, int, str], int] = {}
+    for topic, partition, state, n in conn.execute(
+        sa.select(p.c.topic, p.c.partition, p.c.state, sa.func.count())
+        .where(p.c.consumer == store.consumer)
+        .group_by(p.c.topic, p.c.partition, p.c.state)
+    ):
+        counts[(topic, int(partition), state)] = int(n)
+    rows = conn.execute(
+        sa.select(o.c.topic, o.c.partition, o.c.next_offset, o.c.generation, o.c.owner)
+        .where(o.c.consumer == store.consumer)
+        .order_by(o.c.topic, o.c.partition)
+    ).all()
+    return [
+        {
+            "consumer": store.consumer,
+            "topic": r.topic,
+            "partition": int(r.partition),
+            "next_offset": None if r.next_offset is None else int(r.next_offset),
+            "generation": int(r.generation),
+            "owner": r.owner,
+            "parked": counts.get((r.topic, int(r.partition), PARKED), 0)
+            + counts.get((r.topic, int(r.partition), REQUEUED), 0),
+            "held": counts.get((r.topic, int(r.partition), HELD), 0),
+        }
+        for r in rows
+    ]
