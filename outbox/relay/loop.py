@@ -137,6 +137,7 @@ class Relay:
             stop=self._stop,
             mark=self._mark,
             replace_publisher=self._replace_publisher if self._owns_publisher else None,
+            turned=self._health.turned,
         )
 
     # -- public ------------------------------------------------------------------------------
@@ -179,7 +180,7 @@ class Relay:
             self._retry(self._start)
             self._start_timer()
             while not self._stop.is_set():
-                self.state.last_loop = time.monotonic()
+                self._health.turned()
                 published = self._retry(self._cycle)
                 if published == 0 and not self._stop.is_set():
                     self._idle()

@@ -145,6 +145,7 @@ class Pipeline:
         stop: threading.Event,
         mark: Callable[..., None],
         replace_publisher: Callable[[], None] | None,
+        turned: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.store = store
@@ -153,6 +154,7 @@ class Pipeline:
         self.observer = observer
         self._stop = stop
         self._mark = mark
+        self._turned = turned
         self._replace_publisher = replace_publisher
         self._encode = make_encoder(config)
 
@@ -218,6 +220,7 @@ class Pipeline:
                     since=started,
                 )
             delivery.wait(min(WAIT_SLICE, ACK_TIMEOUT - waited))
+            self._turned()
         outcomes = delivery.wait(0)
         replace = self._replace_publisher
         if not delivery.done() and not self._stop.is_set() and replace is not None:

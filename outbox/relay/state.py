@@ -66,6 +66,11 @@ class RelayHealth:
             return f"waiting for the broker at {self.config.bootstrap_servers}: {error}"
         return f"waiting for the database {self.config.masked_db_url}: {first_line(error)}"
 
+    def turned(self) -> None:
+        """The loop made a decision: it turned, or checked on a delivery in flight (waiting
+        for acknowledgements in short slices is not being stuck; readiness reports the broker)."""
+        self.state.last_loop = time.monotonic()
+
     def alive(self) -> bool:
         """The loop has turned recently (liveness probe)."""
         return time.monotonic() - self.state.last_loop < max(30.0, self.config.lease_ttl * 5)

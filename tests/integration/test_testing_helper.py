@@ -122,9 +122,11 @@ def test_wrong_expectation_fails(outbox_bind, outbox_events):
 
 
 def test_pytest_plugin_in_a_users_suite(tmp_path: Path) -> None:
+    # No `-p outbox.testing`: an installed package registers the plugin by its pytest11 entry
+    # point, as a user's suite gets it (naming it again would register it twice).
     (tmp_path / "test_app.py").write_text(textwrap.dedent(USER_SUITE))
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "outbox.testing", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
          "-W", "error", str(tmp_path / "test_app.py")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
