@@ -30,6 +30,7 @@ from bench.common import SCENARIOS, Context, as_json
 
 #: Modules whose import registers scenarios, in run order. Add yours here.
 SCENARIO_MODULES: tuple[str, ...] = (
+    "bench.ceiling",
     "bench.producer",
     "bench.latency",
     "bench.write_path",

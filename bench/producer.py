@@ -10,7 +10,8 @@ turn (what the relay does between reading and marking a batch).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kafka import KafkaProducer
 
@@ -25,8 +26,14 @@ RELAY_BATCH = 1000
 Sample = tuple[float, float]
 
 
-def raw_producer(ctx: Context, messages: list[Message]) -> Sample:
-    producer = KafkaProducer(bootstrap_servers=ctx.bootstrap_servers, **DEFAULT_PRODUCER_SETTINGS)
+def raw_producer(
+    ctx: Context, messages: list[Message], settings: Mapping[str, Any] | None = None
+) -> Sample:
+    """kafka-python alone: send every message, then flush. `settings` on top of the relay's
+    producer defaults (the ceiling scenario passes its tuned ones)."""
+    producer = KafkaProducer(
+        bootstrap_servers=ctx.bootstrap_servers, **{**DEFAULT_PRODUCER_SETTINGS, **(settings or {})}
+    )
     try:
         producer.send(messages[0].topic, b"warm-up", key=b"warm-up").get(30)
         # Headers become lists outside the timed loop: the relay builds lists too.
