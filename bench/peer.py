@@ -20,8 +20,9 @@ from outbox.kafka import DEFAULT_PRODUCER_SETTINGS
 
 TABLE = "txoutbox"
 #: txoutbox's defaults, and the best of a few larger settings tried for a backlog.
+DEFAULTS = "txoutbox defaults (batch 50, concurrency 10)"
 CONFIGS = {
-    "txoutbox defaults (batch 50, concurrency 10)": {"batch_size": 50, "concurrency": 10},
+    DEFAULTS: {"batch_size": 50, "concurrency": 10},
     "txoutbox batch 500, concurrency 500": {"batch_size": 500, "concurrency": 500},
 }
 
