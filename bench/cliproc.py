@@ -139,6 +139,7 @@ def watch_drain(
         engine.dispose()
     first = first if first is not None else done
     return {
+        "events": count,
         "total_s": done - sidecar.started,
         "first_ack_s": first - sidecar.started,
         "rate": count / (done - sidecar.started),
