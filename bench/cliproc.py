@@ -111,7 +111,8 @@ def watch_drain(
     """Wait until `table` is empty; the drain's rates, timed from outside the relay.
 
     `rate`: events / (process start to empty): connecting and the first batch included.
-    `steady_rate`: the events after the first deletion / (first deletion to empty).
+    `steady_rate`: the events after the first deletion / (first deletion to empty);
+    `steady_cpu_us`: the process's CPU time per event over the same stretch.
     """
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     query = sa.text(f"SELECT min({column}) FROM {table}")
@@ -122,6 +123,7 @@ def watch_drain(
                 raise RuntimeError(f"{table} is empty before the drain")
             first: float | None = None
             first_gone = 0
+            first_cpu = 0.0
             deadline = time.monotonic() + timeout
             while True:
                 low = conn.execute(query).scalar()
@@ -130,11 +132,13 @@ def watch_drain(
                     break
                 if first is None and low != start:
                     first, first_gone = now, int(low) - int(start)
+                    first_cpu = sidecar.cpu_seconds()
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"drain not done after {timeout}s: {sidecar.tail()}")
                 sidecar.check_alive()
                 time.sleep(PROBE_INTERVAL)
             done = now
+            done_cpu = sidecar.cpu_seconds()
     finally:
         engine.dispose()
     first = first if first is not None else done
@@ -145,5 +149,10 @@ def watch_drain(
         "rate": count / (done - sidecar.started),
         "steady_rate": (count - first_gone) / (done - first) if done > first else 0.0,
         "maxrss_mb": sidecar.peak_rss_mb(),
-        "cpu_s": sidecar.cpu_seconds(),
+        "cpu_s": done_cpu,
+        # The relay process's CPU per event in the steady state (start-up and imports left
+        # out): on a loaded machine a steadier comparison than rates.
+        "steady_cpu_us": (done_cpu - first_cpu) / (count - first_gone) * 1e6
+        if first_cpu and count > first_gone
+        else 0.0,
     }

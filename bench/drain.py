@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from bench import ceiling, peer, relayproc
+from bench import ceiling, peer, producer, relayproc
 from bench.common import Context, interleaved, make_events, scenario, unique
 from bench.producer import raw_producer
 
@@ -30,10 +30,13 @@ def drain(ctx: Context) -> None:
     ctx.fact("backlog", count)
     ctx.fact("ceiling_settings", settings)
     ctx.fact("poll_interval", {k: v for k, v in relayproc.POLL_INTERVAL.items() if v})
+
+    def ceiling_sample() -> dict[str, float]:
+        rate = raw_producer(ctx, make_events(unique("bench-drain-raw"), count), settings)[0]
+        return {"rate": rate, "cpu_us": producer.last_cpu_us}
+
     subjects: dict[str, Callable[[], Any]] = {
-        BASELINE: lambda: {
-            "rate": raw_producer(ctx, make_events(unique("bench-drain-raw"), count), settings)[0]
-        },
+        BASELINE: ceiling_sample,
         RELAY: lambda: relayproc.backlog_drain(ctx, "postgresql", count),
     }
     # txoutbox drains a smaller backlog in full runs (its rate does not depend on the size: each
@@ -49,6 +52,8 @@ def drain(ctx: Context) -> None:
         for kind in ("mariadb", "sqlite"):
             samples[f"{kind}: outbox relay"] = [relayproc.backlog_drain(ctx, kind, count)]
     ctx.record(BASELINE, [r["rate"] for r in samples[BASELINE]], "msg/s", note=str(settings))
+    cpu_base = f"{BASELINE}: CPU per message"
+    ctx.record(cpu_base, [r["cpu_us"] for r in samples[BASELINE]], "µs")
     for name, runs in samples.items():
         if name == BASELINE:
             continue
@@ -65,6 +70,12 @@ def drain(ctx: Context) -> None:
             baseline=BASELINE,
             headline=name == RELAY,
         )
+        ctx.record(
+            f"{name}: CPU per event, steady state",
+            [r["steady_cpu_us"] for r in runs],
+            "µs",
+            baseline=cpu_base,
+        )
         ctx.fact(f"{name}: first deletion (s)", [round(r["first_ack_s"], 2) for r in runs])
         ctx.fact(f"{name}: peak RSS (MB)", [round(r["maxrss_mb"], 1) for r in runs])
         ctx.fact(
@@ -72,6 +83,13 @@ def drain(ctx: Context) -> None:
             [round(r["cpu_s"] / r["events"] * 1e6, 1) for r in runs],
         )
     best_peer = max(peer.CONFIGS, key=lambda n: ctx.figure(f"{n}: steady state").value)
+    relay_cpu = ctx.figure(f"{RELAY}: CPU per event, steady state").value
+    ctx.record(
+        f"{RELAY}: ceiling CPU per message / relay CPU per event",
+        [ctx.figure(cpu_base).value / relay_cpu] if relay_cpu else [0.0],
+        "x",
+        note="the rate ratio's load-independent companion (both are CPU-bound)",
+    )
     relay_rate = ctx.figure(f"{RELAY}: steady state").value
     ctx.record(
         f"relay vs {best_peer} (steady state)",
