@@ -23,7 +23,7 @@ typecheck: $(BIN)/.installed
 	$(BIN)/mypy --strict outbox
 
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 3
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest -q tests/unit

@@ -37,7 +37,8 @@ def retry_transient(
     """Call `fn` until it returns, retrying transient errors with jittered exponential backoff.
 
     A non-transient error propagates at once; when `stop` is set, the last error propagates.
-    Every wait is logged with what the relay is waiting for.
+    The first wait is logged (a warning) with what the relay is waiting for, the later ones at
+    debug level.
     """
 
     def before_sleep(state: RetryCallState) -> None:
@@ -47,8 +48,11 @@ def retry_transient(
         if on_retry is not None:
             on_retry(exc)
         wait = state.next_action.sleep if state.next_action else 0.0
-        logger.warning(
-            "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
+        # The first wait of an outage is a warning; the later ones are detail: the relay's
+        # observer reminds of a lasting outage at most once a minute.
+        level = logging.WARNING if state.attempt_number == 1 else logging.DEBUG
+        logger.log(
+            level, "%s; retrying in %.1fs (attempt %d)", describe(exc), wait, state.attempt_number
         )
 
     def sleep(seconds: float) -> None:

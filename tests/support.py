@@ -137,12 +137,14 @@ def consume(
 
 
 def create_outbox_tables(url: str, table: str = "outbox", schema: str | None = None) -> sa.Table:
-    """Create the outbox and lease tables straight from the model; returns the outbox table."""
-    from outbox.schema.tables import build_lease_table, build_outbox_table
+    """Create the outbox, lease and relays tables straight from the model; returns the outbox
+    table."""
+    from outbox.schema.tables import build_lease_table, build_members_table, build_outbox_table
 
     metadata = sa.MetaData()
     outbox_table = build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
+    build_members_table(metadata, table, schema)
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
         metadata.create_all(engine)
@@ -221,6 +223,8 @@ class RelayProcess:
             env=env or clean_env(),
         )
         self.lines: list[str] = []
+        #: When each line was read (`time.monotonic`), in step with `lines`.
+        self.times: list[float] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -231,6 +235,7 @@ class RelayProcess:
     def _read(self) -> None:
         assert self.process.stderr is not None
         for line in self.process.stderr:
+            self.times.append(time.monotonic())
             self.lines.append(line.rstrip("\n"))
 
     @property
@@ -242,6 +247,13 @@ class RelayProcess:
 
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def lines_seen_at(self, text: str) -> float:
+        """When the first line holding `text` was read (`time.monotonic`)."""
+        for line, seen in zip(list(self.lines), list(self.times), strict=False):
+            if text in line:
+                return seen
+        raise AssertionError(f"no {text!r} in the relay's log:\n{self.log[-3000:]}")
 
     def wait_for_log(self, text: str, timeout: float = 30, times: int = 1) -> None:
         deadline = time.monotonic() + timeout

@@ -39,12 +39,19 @@ def close_producer(producer: Any, timeout: float | None) -> None:
         log.warning("Kafka producer closed before every message was acknowledged")
     except Exception as exc:
         log.warning("closing the Kafka producer: %s", translate(exc))
+    abort_producer(producer)
+
+
+def abort_producer(producer: Any) -> None:
+    """Close without sending anything more: the sender thread stops after the request it is
+    writing (if any), fails every buffered and in-flight future ("Producer is closed
+    forcefully", a retriable outcome) and closes its connections."""
     try:
         sender = getattr(producer, "_sender", None)
         if sender is not None:
             sender.force_close()
             sender.join(5)
-        producer.close(timeout=1)
+        producer.close(timeout=0)
     except Exception as exc:
         log.warning("closing the Kafka producer: %s", translate(exc))
 
@@ -277,6 +284,19 @@ class KafkaPublisher:
             log.debug("Kafka readiness check failed: %s", exc)
             return False
 
+    def abort(self) -> None:
+        """Drop what the producer holds, unsent, and fail its pending deliveries; the next
+        `publish` builds a new producer. For a relay that lost its lease: nothing buffered may
+        reach the broker after another relay took over."""
+        with self._lock:
+            if self._closed:
+                return
+            producer, self._producer = self._producer, None
+            self._replace_producer = False
+        if producer is not None:
+            abort_producer(producer)
+            log.debug("Kafka producer aborted: its buffered records were dropped")
+
     def close(self, timeout: float | None = None) -> None:
         with self._lock:
             if self._closed:
@@ -293,4 +313,4 @@ class KafkaPublisher:
         self.close()
 
 
-__all__ = ["KafkaDelivery", "KafkaPublisher", "close_producer"]
+__all__ = ["KafkaDelivery", "KafkaPublisher", "abort_producer", "close_producer"]

@@ -1,5 +1,12 @@
-"""Logging for the CLI: text or JSON lines on stderr, database passwords masked, and an observer
-that logs the relay's state changes (never one line per event).
+"""Logging for the CLI: text or JSON lines on stderr, database passwords masked, kafka-python's
+own records tamed, and an observer that logs the relay's state changes (never one line per
+event).
+
+Below DEBUG level, kafka-python speaks only through `KafkaClientFilter`: at most one line per
+`KAFKA_SUMMARY_INTERVAL` seconds, without traceback, saying how many of its records were held
+back; the relay's own lines (broker unreachable, a reminder at most once a minute, reachable
+again) tell the story of an outage. With ``--log-level debug`` every kafka-python record passes
+unchanged, tracebacks included.
 """
 
 from __future__ import annotations
@@ -9,7 +16,6 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Mapping
 from typing import Any, Literal, TextIO
 
 from sqlalchemy.engine import URL
@@ -73,6 +79,61 @@ class MaskPasswordsFilter(logging.Filter):
         return True
 
 
+#: Seconds between kafka-python summary lines at levels above DEBUG.
+KAFKA_SUMMARY_INTERVAL = 60.0
+#: Seconds between reminders that a component is still unreachable.
+REMINDER_INTERVAL = 60.0
+
+
+def _is_kafka(name: str) -> bool:
+    return name == "kafka" or name.startswith("kafka.")
+
+
+class KafkaClientFilter(logging.Filter):
+    """kafka-python's records at levels above DEBUG: never a traceback, never one per reconnect.
+
+    kafka-python logs an ERROR with a full traceback for each failed connection attempt (many
+    per second while a broker is unreachable). This filter lets through at most one of its
+    records per `interval` seconds, as one line without traceback (the exception's own first
+    line appended), and counts the ones held back in the next line it lets through. Records of
+    other loggers pass untouched. Attach it to a handler, before `MaskPasswordsFilter` (a held
+    back record then costs no traceback formatting).
+    """
+
+    def __init__(self, interval: float = KAFKA_SUMMARY_INTERVAL) -> None:
+        super().__init__()
+        self.interval = interval
+        self._next = 0.0
+        self.held_back = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _is_kafka(record.name):
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            self.held_back += 1
+            return False
+        self._next = now + self.interval
+        try:
+            message = record.getMessage()
+        except Exception:
+            message = str(record.msg)
+        message = message.strip().splitlines()[0] if message.strip() else record.levelname
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            first = str(error).strip().splitlines()
+            message += f" ({type(error).__name__}: {first[0]})" if first else ""
+        if self.held_back:
+            message += (
+                f" [{self.held_back} more kafka-python records held back in the last "
+                f"{self.interval:.0f}s; --log-level debug shows them]"
+            )
+            self.held_back = 0
+        record.msg, record.args = f"kafka-python: {message}", None
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     """The fields a caller passed with ``extra=``."""
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD_ATTRS}
@@ -120,6 +181,20 @@ class TextFormatter(logging.Formatter):
         return f"{first} {pairs}{newline}{rest}"
 
 
+def format_duration(seconds: float) -> str:
+    """``4.2s``, ``3m 07s``, ``5h 02m``, ``3d 04h``: for logs and `outbox status`."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
 def configure_logging(
     format: LogFormat = "text", level: str = "INFO", stream: TextIO | None = None
 ) -> logging.Handler:
@@ -136,6 +211,8 @@ def configure_logging(
         )
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    if numeric > logging.DEBUG:
+        handler.addFilter(KafkaClientFilter())
     handler.addFilter(MaskPasswordsFilter())
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()
@@ -144,8 +221,10 @@ def configure_logging(
         old.close()
     root.addHandler(handler)
     root.setLevel(numeric)
-    # kafka-python logs every connection at INFO; keep its warnings, drop the chatter.
-    logging.getLogger("kafka").setLevel(max(numeric, logging.WARNING))
+    # kafka-python logs every connection at INFO; keep its warnings, drop the chatter (and
+    # `KafkaClientFilter` summarises those). At DEBUG, all of its details.
+    kafka_level = numeric if numeric <= logging.DEBUG else max(numeric, logging.WARNING)
+    logging.getLogger("kafka").setLevel(kafka_level)
     return handler
 
 
@@ -153,13 +232,41 @@ class LoggingObserver(RelayObserver):
     """Logs one line per change of state: lease, database/broker reachability, parked events.
 
     Repeated reports of the same state log nothing, so an outage gives one line when it starts
-    and one when it ends, however many batches fail in between.
+    (with what the relay waits for) and one when it ends (with how long it lasted), however many
+    batches fail in between; while it lasts, a reminder at most every `REMINDER_INTERVAL`
+    seconds says for how long and how many events are pending.
     """
 
-    def __init__(self, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self, logger: logging.Logger | None = None, reminder_interval: float = REMINDER_INTERVAL
+    ) -> None:
         self.log = logger if logger is not None else logging.getLogger("outbox.relay")
+        self.reminder_interval = reminder_interval
         self._lease: bool | None = None
         self._up: dict[str, bool] = {}
+        # Per component down: (monotonic time it went down, time of its last line).
+        self._down: dict[str, tuple[float, float]] = {}
+        self._pending: int | None = None
+
+    def backlog(self, pending: int, oldest_age_seconds: float | None) -> None:
+        self._pending = pending
+        self._remind()
+
+    def _remind(self, detail: str = "") -> None:
+        now = time.monotonic()
+        for component, (since, last) in list(self._down.items()):
+            if now - last < self.reminder_interval:
+                continue
+            self._down[component] = (since, now)
+            pending = "" if self._pending is None else f", {self._pending} events pending"
+            self.log.warning(
+                "%s still unreachable after %s%s%s",
+                component,
+                format_duration(now - since),
+                pending,
+                f": {detail}" if detail else "",
+                extra={"component": component, "up": False, "down_seconds": round(now - since)},
+            )
 
     def lease(self, held: bool, released: bool = False) -> None:
         if held == self._lease:
@@ -178,13 +285,28 @@ class LoggingObserver(RelayObserver):
     def state(self, component: str, up: bool, detail: str = "") -> None:
         before = self._up.get(component)
         if before == up:
+            if not up:
+                self._remind(detail)
             return
         self._up[component] = up
-        fields: Mapping[str, Any] = {"component": component, "up": up}
+        fields: dict[str, Any] = {"component": component, "up": up}
+        now = time.monotonic()
         if up:
-            verb = "reachable" if before is None else "reachable again"
-            self.log.info("%s %s", component, verb, extra=fields)
+            down = self._down.pop(component, None)
+            if down is None:
+                self.log.info("%s reachable", component, extra=fields)
+                return
+            fields["down_seconds"] = round(now - down[0], 1)
+            # The relay's own account of the outage's length (`detail`) beats ours: a silent
+            # broker is reported down only after a while.
+            self.log.info(
+                "%s reachable again: %s",
+                component,
+                detail or f"down for {format_duration(now - down[0])}",
+                extra=fields,
+            )
         else:
+            self._down[component] = (now, now)
             self.log.warning(
                 "%s unreachable%s", component, f": {detail}" if detail else "", extra=fields
             )

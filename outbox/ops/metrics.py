@@ -34,6 +34,7 @@ METRIC_NAMES: tuple[str, ...] = (
     "outbox_batch_size",
     "outbox_batch_duration_seconds",
     "outbox_lease_held",
+    "outbox_relays_live",
     "outbox_up",
 )
 
@@ -93,6 +94,11 @@ class PrometheusObserver(RelayObserver):
         self.lease_held = prom.Gauge(
             "outbox_lease_held", "1 while this relay is the active one, else 0.", registry=r
         )
+        self.relays_live = prom.Gauge(
+            "outbox_relays_live",
+            "Relays of this table (this one included) that beat within the lease TTL.",
+            registry=r,
+        )
         self.up = prom.Gauge(
             "outbox_up",
             "1 while the component (database, broker) is reachable, else 0.",
@@ -127,6 +133,9 @@ class PrometheusObserver(RelayObserver):
 
     def state(self, component: str, up: bool, detail: str = "") -> None:
         self.up.labels(component).set(1 if up else 0)
+
+    def relays(self, live: int) -> None:
+        self.relays_live.set(live)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of this observer's registry and its content type."""

@@ -1,5 +1,6 @@
-"""The active relay's periodic chores between passes: backlog samples for the observer, and
-the purge of retained published events."""
+"""The active relay's periodic chore between passes: the purge of retained published events.
+(Backlog samples are taken by the lease keeper's timer, `outbox.relay.timer`, so that they go
+on while the loop waits for the broker; `sample` is there for a relay run without it.)"""
 
 from __future__ import annotations
 
@@ -28,12 +29,12 @@ class Housekeeping:
         self._next_backlog = 0.0
         self._next_purge = 0.0
 
-    def run(self) -> None:
+    def run(self, sample: bool = True) -> None:
+        """The chores that are due; backlog samples only with `sample` (no timer running)."""
         now = time.monotonic()
-        if now >= self._next_backlog:
+        if sample and now >= self._next_backlog:
             self._next_backlog = now + BACKLOG_INTERVAL
-            status = self.store.status()
-            self.observer.backlog(status.pending, status.oldest_pending_age_seconds)
+            report_backlog(self.store, self.observer)
         if self.config.retention > 0 and now >= self._next_purge:
             self._next_purge = now + PURGE_INTERVAL
             purged = self.store.purge(self.config.retention)
@@ -43,4 +44,10 @@ class Housekeeping:
                 )
 
 
-__all__ = ["Housekeeping"]
+def report_backlog(store: OutboxStore, observer: RelayObserver) -> None:
+    """Count the backlog (one COUNT query) and report it to the observer."""
+    status = store.status()
+    observer.backlog(status.pending, status.oldest_pending_age_seconds)
+
+
+__all__ = ["BACKLOG_INTERVAL", "Housekeeping", "report_backlog"]

@@ -11,17 +11,24 @@
   cannot mark anything, and before each send the relay checks a local deadline that ends before
   the database's expiry (`fresh()`).
 
+* **Renewal does not depend on publishing.** In `Relay.run` the lease is renewed by the
+  lease-keeper thread (`outbox.relay.timer`) on its own database connection, so a relay waiting
+  for a broker that went away keeps its lease for as long as it reaches the database; a
+  watchdog stops sending (aborts the producer) when no renewal succeeded for long enough that
+  the lease may expire. Only losing the database, or the process, moves the lease.
+
 Contract of `LeaseKeeper` (the loop's only way to the lease): `hold()` keeps (renewing when
-due) or takes it; `acquire()` and `renew()` do one of the two now; `fresh()` is called before
-each send and raises `LeaseLostError` past the local deadline; `fence()` gives the lease a fenced
-statement must carry; `lost()` and `release()` give it up. Every change of holding is reported
-once to `on_change`. The loop calls nothing else, so renewal can move to its own timer, or the
-one lease become one per partition, behind these methods.
+due, unless the timer renews) or takes it; `acquire()` and `renew()` do one of the two now;
+`fresh()` is called before each read for a send and `sendable()` right before the send, both
+raise `LeaseLostError` past the local deadline; `fence()` gives the lease a fenced statement must
+carry; `lost()`, `forget()` and `release()` give it up. Every change of holding is reported once
+to `on_change` (from whichever thread noticed it).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 
@@ -39,7 +46,13 @@ DEADLINE_FRACTION = 0.8
 
 class LeaseKeeper:
     """Acquires, renews and releases one relay's lease on its table, and keeps the local
-    deadlines of the lease it holds. Not thread-safe: the loop's thread calls it."""
+    deadlines of the lease it holds.
+
+    Thread-safe: the loop's thread calls it, and so do the lease-keeper and watchdog threads of
+    `outbox.relay.timer` once `timed` is set. No lock is held during a database call. While
+    `timed`, the loop never renews (`hold` and `fresh` only check the deadline): renewal is the
+    timer's alone, so waiting for the broker never delays it.
+    """
 
     def __init__(
         self,
@@ -54,9 +67,14 @@ class LeaseKeeper:
         self.ttl = ttl
         # Called with (held, released) each time the lease is taken or given up.
         self._on_change = on_change
+        self._lock = threading.Lock()
         self._lease: Lease | None = None
         self._renew_at = 0.0
         self._deadline = 0.0
+        #: Set by the timer when it renews the lease on its own thread (`RenewalTimer`).
+        self.timed = False
+        #: Set whenever the lease or its deadlines change (the watchdog waits on it).
+        self.changed = threading.Event()
 
     @property
     def current(self) -> Lease | None:
@@ -67,19 +85,27 @@ class LeaseKeeper:
         """Seconds until the held lease is due to be renewed (0 when due)."""
         return max(0.0, self._renew_at - time.monotonic())
 
+    def deadline(self) -> tuple[Lease, float] | None:
+        """The lease held and its local deadline (by `time.monotonic`), or None."""
+        with self._lock:
+            return None if self._lease is None else (self._lease, self._deadline)
+
     def hold(self) -> bool:
         """Keep or take the lease; False while another relay holds it."""
         now = time.monotonic()
-        if self._lease is not None:
-            if now < self._renew_at:
+        lease = self._lease
+        if lease is not None:
+            if now < self._renew_at or (self.timed and now < self._deadline):
                 return True
             try:
+                if self.timed:
+                    raise LeaseLostError("local lease deadline passed")
                 self.renew(now)
                 return True
             except LeaseLostError:
                 # Logged once by the observer (LoggingObserver); the epoch is debug detail.
-                logger.debug("lost the lease (epoch %d): now standby", self._lease.epoch)
-                self._set(None)
+                logger.debug("lost the lease (epoch %d): now standby", lease.epoch)
+                self.forget(lease)
         return self.acquire(now)
 
     def acquire(self, now: float | None = None) -> bool:
@@ -88,64 +114,111 @@ class LeaseKeeper:
         lease = self._store.try_acquire(self.owner, self.ttl)
         if lease is None:
             return False
-        self._set_deadlines(now)
-        self._set(lease)
+        with self._lock:
+            self._set_deadlines(now)
+            change = self._set(lease)
+        self._notify(change)
         # Logged once by the observer (LoggingObserver); the epoch is debug detail.
         logger.debug("acquired the lease (epoch %d): now the active relay", lease.epoch)
         return True
 
     def fresh(self) -> Lease:
-        """Renew before sending when due; raise LeaseLostError if the lease is gone."""
-        if self._lease is None:
+        """Renew before sending when due (unless the timer renews); raise LeaseLostError if
+        the lease is gone or past its local deadline."""
+        lease = self._lease
+        if lease is None:
             raise LeaseLostError("no lease")
         now = time.monotonic()
-        if now >= self._renew_at:
+        if now >= self._renew_at and not self.timed:
             self.renew(now)
         elif now >= self._deadline:
             raise LeaseLostError("local lease deadline passed")
-        return self._lease
+        return lease
 
-    def renew(self, now: float | None = None) -> None:
-        """Renew the held lease now (`now`: when the renewal started, by `time.monotonic`);
-        LeaseLostError when none is held or the database says another relay took it."""
-        if self._lease is None:
+    def sendable(self) -> Lease:
+        """Check, without a database call, that a send may start now (right before it)."""
+        lease = self._lease
+        if lease is None:
+            raise LeaseLostError("no lease")
+        if time.monotonic() >= self._deadline:
+            raise LeaseLostError("local lease deadline passed")
+        return lease
+
+    def renew(self, now: float | None = None, via: OutboxStore | None = None) -> None:
+        """Renew the held lease now (`now`: when the renewal started, by `time.monotonic`;
+        `via`: the store to renew through, by default the loop's); LeaseLostError when none
+        is held or the database says another relay took it."""
+        lease = self._lease
+        if lease is None:
             raise LeaseLostError("no lease")
         now = time.monotonic() if now is None else now
-        self._store.renew(self._lease, self.ttl)
-        self._set_deadlines(now)
+        (via or self._store).renew(lease, self.ttl)
+        with self._lock:
+            if self._lease is lease:  # not lost (or retaken) while the renewal ran
+                self._set_deadlines(now)
+
+    def renewal_due(self) -> Lease | None:
+        """The held lease if it is due to be renewed now, else None."""
+        lease = self._lease
+        if lease is None or time.monotonic() < self._renew_at:
+            return None
+        return lease
 
     def fence(self, why: str = "no lease") -> Lease:
         """The lease a fenced mark must carry; LeaseLostError(why) when none is held."""
-        if self._lease is None:
+        lease = self._lease
+        if lease is None:
             raise LeaseLostError(why)
-        return self._lease
+        return lease
 
     def lost(self) -> None:
         """Forget the lease: the database said another relay holds it now."""
-        self._set(None)
+        with self._lock:
+            change = self._set(None)
+        self._notify(change)
+
+    def forget(self, lease: Lease) -> bool:
+        """Forget `lease` if it is still the one held (lost, or past its local deadline);
+        True when it was."""
+        with self._lock:
+            if self._lease is not lease:
+                return False
+            change = self._set(None)
+        self._notify(change)
+        return True
 
     def release(self) -> None:
         """Give the lease up in the database so a standby takes over at once; forgotten even
         when the database cannot be reached (it then expires by itself)."""
-        if self._lease is None:
+        lease = self._lease
+        if lease is None:
             return
         try:
-            self._store.release(self._lease)
+            self._store.release(lease)
             released = True
         except Exception as error:
             logger.warning("could not release the lease: %s", first_line(error))
             released = False
-        self._set(None, released=released)
+        with self._lock:
+            change = self._set(None, released=released) if self._lease is lease else None
+        self._notify(change)
 
     def _set_deadlines(self, started: float) -> None:
         self._renew_at = started + self.ttl / RENEWALS_PER_TTL
         self._deadline = started + self.ttl * DEADLINE_FRACTION
+        self.changed.set()
 
-    def _set(self, lease: Lease | None, released: bool = False) -> None:
+    def _set(self, lease: Lease | None, released: bool = False) -> tuple[bool, bool] | None:
+        """Hold `lease` (None: none); the change to report once the lock is released."""
         changed = (lease is None) != (self._lease is None)
         self._lease = lease
-        if changed:
-            self._on_change(lease is not None, released)
+        self.changed.set()
+        return (lease is not None, released) if changed else None
+
+    def _notify(self, change: tuple[bool, bool] | None) -> None:
+        # Outside the lock: the callback may abort the producer, which takes a moment.
+        if change is not None:
+            self._on_change(*change)
 
 
 def first_line(error: BaseException) -> str:

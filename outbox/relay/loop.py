@@ -10,7 +10,10 @@ Design (the guarantees; each role's module holds the details of its own)
   events in outbox order however many sidecars run. See `outbox.relay.lease`.
 * **Fencing.** Taking the lease bumps its epoch; every mark (delete / park) is checked by the
   database against that epoch in the same transaction, and before each send the relay checks
-  a local deadline that ends before the database's expiry. See `outbox.relay.lease`.
+  a local deadline that ends before the database's expiry. The lease is renewed on its own
+  thread and connection, so a broker outage never moves it; a watchdog forgets it at the local
+  deadline, and losing it aborts the producer (nothing buffered goes out after a takeover).
+  See `outbox.relay.lease` and `outbox.relay.timer`.
 * **At least once.** A row is deleted only after the broker acknowledged it; on a failure the
   rows of its key that follow it are not marked either. See `outbox.relay.pipeline`.
 * **No skipped rows, no overtaking.** Each pass reads from the first pending row. Within a pass
@@ -38,6 +41,7 @@ from typing import Any
 
 from outbox.config import RelayConfig
 from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError, PublishError
+from outbox.relay.heartbeat import Heartbeat
 from outbox.relay.housekeeping import Housekeeping
 from outbox.relay.lease import LeaseKeeper
 from outbox.relay.observer import RelayObserver
@@ -47,6 +51,7 @@ from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
 from outbox.relay.state import RelayHealth, RelayState
 from outbox.relay.store import Lease, OutboxStore, Waker, create_relay_engine, is_transient_db_error
+from outbox.relay.timer import RenewalTimer
 from outbox.retry import retry_transient
 
 logger = logging.getLogger("outbox.relay")
@@ -106,6 +111,9 @@ class Relay:
         self._housekeeping = Housekeeping(config, self.store, self.observer)
         self._parked = ParkedKeys(self.store, config.hold_parked_keys)
         self._lease = LeaseKeeper(self.store, self.owner, config.lease_ttl, self._lease_changed)
+        self._heartbeat = Heartbeat(self.store, self.owner, config.lease_ttl, self.observer)
+        self._timer: RenewalTimer | None = None
+        self._standby_told = False
         self._pipeline = Pipeline(
             config,
             self.store,
@@ -144,6 +152,7 @@ class Relay:
     def run_once(self) -> int:
         """Start if needed, take the lease if free, and publish what is pending once."""
         self._start()
+        self._heartbeat.maybe_beat()
         if not self._lease.hold():
             return 0
         self._parked.invalidate()  # a single pass sees requeues and drops made just before it
@@ -154,6 +163,7 @@ class Relay:
         broker at start-up; configuration mistakes and a missing table raise at once."""
         try:
             self._retry(self._start)
+            self._start_timer()
             while not self._stop.is_set():
                 self.state.last_loop = time.monotonic()
                 published = self._retry(self._cycle)
@@ -168,7 +178,14 @@ class Relay:
 
     def close(self) -> None:
         """Release the lease, flush and close the publisher. Called by `run` on exit."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.stop()
         self._lease.release()
+        if self.state.started:
+            self._heartbeat.leave()
+        if timer is not None:
+            timer.store.dispose()
         if self._publisher is not None:
             try:
                 self._publisher.close(self.config.shutdown_timeout)
@@ -210,10 +227,37 @@ class Relay:
             self.store.table.fullname,
         )
 
+    def _start_timer(self) -> None:
+        """Renew the lease, beat and sample the backlog on the lease keeper's own thread and
+        connection from now on (`outbox.relay.timer`)."""
+        if self._timer is not None:
+            return
+        companion = self.store.companion()
+        if companion is None:  # an in-memory database: the loop renews, as in `run_once`
+            return
+        self._heartbeat.store = companion
+        self._timer = RenewalTimer(self._lease, companion, self._heartbeat, self.observer)
+        self._timer.start()
+
     def _lease_changed(self, held: bool, released: bool) -> None:
+        # Called from the thread that noticed: the loop's, the lease keeper's or the watchdog's.
+        if not held and not released:
+            self._abort_sending()
         self._parked.invalidate()  # another relay may have parked events meanwhile
         self.state.lease = held
         self.observer.lease(held, released=released)
+
+    def _abort_sending(self) -> None:
+        """The lease is lost (or may expire): records still buffered in the producer must not
+        reach the broker after another relay took over. A publisher that offers `abort` drops
+        them and fails their deliveries (docs/RELIABILITY.md says what window remains)."""
+        abort = getattr(self._publisher, "abort", None)
+        if abort is None:
+            return
+        try:
+            abort()
+        except OutboxError as error:
+            logger.warning("aborting the publisher: %s", error)
 
     def _replace_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
@@ -227,15 +271,21 @@ class Relay:
     # -- the loop ----------------------------------------------------------------------------
 
     def _cycle(self) -> int:
+        if self._timer is None:
+            self._heartbeat.maybe_beat()
         if not self._lease.hold():
+            if not self._standby_told:  # once: a relay that starts as a standby says so
+                self._standby_told = True
+                self.observer.lease(False)
             return 0
         try:
             published = self._pass()
         except LeaseLostError as error:
-            logger.warning("lease lost while publishing (%s): now standby", error)
+            # The observer logs the loss once (a warning); this is its cause.
+            logger.info("stopped publishing: %s", error)
             self._lease.lost()
             return 0
-        self._housekeeping.run()
+        self._housekeeping.run(sample=self._timer is None)
         return published
 
     def _idle(self) -> None:
@@ -243,7 +293,9 @@ class Relay:
             # Standby: try to take over about once a second.
             self._stop.wait(min(1.0, self.config.lease_ttl / 4))
             return
-        timeout = min(self.config.poll_interval, self._lease.seconds_to_renewal())
+        timeout = self.config.poll_interval
+        if self._timer is None:  # the loop renews itself: wake up in time for it
+            timeout = min(timeout, self._lease.seconds_to_renewal())
         if self._waker is not None:
             self._waker.wait(timeout)
         else:
@@ -287,6 +339,7 @@ class Relay:
                 if events:
                     sendable, messages = pipeline.encode(events, blocked)
                     if sendable:
+                        self._lease.sendable()  # the read may have outlasted the lease
                         delivery = publisher.publish(messages)
                         inflight.add(InFlight(sendable, messages, delivery, started))
                     continue

@@ -1,6 +1,7 @@
 """What a relay reports while it runs. Metrics and logs subscribe through this interface.
 
-Every method is called from the relay's own thread, must return quickly and must not raise.
+Every method is called from the relay's own thread (`relays` and `lease` also from its
+lease-keeper thread), must return quickly and must not raise.
 The base class does nothing, so an observer overrides only what it needs.
 """
 
@@ -31,6 +32,10 @@ class RelayObserver:
 
     def state(self, component: str, up: bool, detail: str = "") -> None:
         """A dependency ("database" or "broker") became reachable or unreachable."""
+
+    def relays(self, live: int) -> None:
+        """`live` relays of this table (this one included) beat within the lease TTL; reported
+        after each heartbeat. May be called from the relay's lease-keeper thread."""
 
 
 class CompositeObserver(RelayObserver):
@@ -66,3 +71,7 @@ class CompositeObserver(RelayObserver):
     def state(self, component: str, up: bool, detail: str = "") -> None:
         for o in self._observers:
             o.state(component, up, detail)
+
+    def relays(self, live: int) -> None:
+        for o in self._observers:
+            o.relays(live)

@@ -143,7 +143,7 @@ class Pipeline:
         observer: RelayObserver,
         *,
         stop: threading.Event,
-        mark: Callable[[str, bool, str], None],
+        mark: Callable[..., None],
         replace_publisher: Callable[[], None] | None,
     ) -> None:
         self.config = config
@@ -201,6 +201,7 @@ class Pipeline:
                     False,
                     f"waiting for the broker at {self.config.bootstrap_servers}: "
                     f"no acknowledgement for {waited:.0f}s",
+                    since=started,
                 )
             delivery.wait(min(WAIT_SLICE, ACK_TIMEOUT - waited))
         outcomes = delivery.wait(0)

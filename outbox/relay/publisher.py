@@ -23,9 +23,16 @@ then resends the key from its first unacknowledged message.
 An acknowledged message is stored by the broker under its durability settings (for Kafka:
 ``acks=all``). ``close(timeout)`` flushes what is buffered and releases the connection.
 
+Optional ``abort()``: drop everything buffered without sending it, fail every pending delivery
+(with `BrokerUnavailableError`, so no attempt counts against an event) and stay usable for
+later ``publish`` calls. The relay calls it, from any thread, when it loses its lease, so that
+records buffered by a relay that is no longer active never reach the broker after the new
+holder started. A publisher without it is left to deliver what it holds.
+
 Thread safety: one thread calls ``publish``; ``Delivery.wait`` may be called from another
-thread; ``close`` from any thread, once. Implementations translate their client's exceptions
-into this package's errors at this boundary: no client exception escapes.
+thread; ``close`` from any thread, once; ``abort`` from any thread, any time. Implementations
+translate their client's exceptions into this package's errors at this boundary: no client
+exception escapes.
 """
 
 from __future__ import annotations
@@ -99,6 +106,8 @@ class InMemoryPublisher:
     available: bool = True
     messages: list[Message] = field(default_factory=list)
     closed: bool = False
+    #: How many times the relay aborted this publisher (it lost its lease).
+    aborts: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def publish(self, messages: Sequence[Message]) -> Delivery:
@@ -127,6 +136,11 @@ class InMemoryPublisher:
 
     def close(self, timeout: float | None = None) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        """Nothing is ever buffered here (every delivery resolves at once): counted only."""
+        with self._lock:
+            self.aborts += 1
 
     def by_topic(self, topic: str) -> list[Message]:
         with self._lock:

@@ -64,3 +64,59 @@ class Status:
             "oldest_pending_age_seconds": self.oldest_pending_age_seconds,
             "failed": self.failed,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A running relay of the table, as its last heartbeat recorded it."""
+
+    relay_id: str
+    host: str
+    pid: int
+    #: "single" or "partitioned".
+    mode: str
+    started_at: datetime
+    heartbeat_at: datetime
+    #: Seconds since the last heartbeat, by the database's clock.
+    silent_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "relay_id": self.relay_id,
+            "host": self.host,
+            "pid": self.pid,
+            "mode": self.mode,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "silent_seconds": round(self.silent_seconds, 3),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseInfo:
+    """The lease row as `outbox status` shows it; durations by the database's clock."""
+
+    name: str
+    #: None when nobody holds it (released, or never taken).
+    owner: str | None
+    epoch: int
+    #: Seconds until expiry (negative: expired).
+    expires_in: float
+    #: Seconds since the owner took it (None if unknown, e.g. taken before revision 0002).
+    held_for: float | None
+    #: Seconds since the last renewal.
+    renewed_ago: float | None
+
+    @property
+    def held(self) -> bool:
+        return self.owner is not None and self.expires_in > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "owner": self.owner if self.held else None,
+            "epoch": self.epoch,
+            "expires_in_seconds": round(self.expires_in, 3) if self.held else None,
+            "held_for_seconds": None if self.held_for is None else round(self.held_for, 3),
+            "renewed_seconds_ago": None if self.renewed_ago is None else round(self.renewed_ago, 3),
+        }

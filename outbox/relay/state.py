@@ -33,12 +33,26 @@ class RelayHealth:
         self.config = config
         self.observer = observer
         self.state = RelayState()
+        # Per component: when its silence began, if the report that it is down said so.
+        self._silent_since: dict[str, float] = {}
 
-    def mark(self, component: str, up: bool, detail: str = "") -> None:
-        """Record that `component` ("database" or "broker") is up or down."""
-        # Logged by the observer (LoggingObserver): one line per change, not per batch.
+    def mark(self, component: str, up: bool, detail: str = "", since: float | None = None) -> None:
+        """Record that `component` ("database" or "broker") is up or down; `since` (by
+        `time.monotonic`): when the silence that makes it down began, if known.
+
+        A change is reported to the observer; so is every repeated report of "down" (the
+        observer logs changes, and at most a reminder a minute, never one line per report)."""
         if getattr(self.state, component) is not up:
             setattr(self.state, component, up)
+            if not up and since is not None:
+                self._silent_since[component] = since
+            silent = self._silent_since.pop(component, None) if up else None
+            if silent is not None:
+                detail = detail or (
+                    f"down for {time.monotonic() - silent:.1f}s since the first unacknowledged send"
+                )
+            self.observer.state(component, up, detail)
+        elif not up:
             self.observer.state(component, up, detail)
 
     def failed(self, error: BaseException) -> None:

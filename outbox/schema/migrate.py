@@ -32,7 +32,13 @@ from alembic.util.exc import CommandError
 from outbox._names import check_identifier
 from outbox.config import mask_url
 from outbox.errors import ConfigurationError
-from outbox.schema.tables import build_lease_table, build_outbox_table, lease_table_name
+from outbox.schema.tables import (
+    build_lease_table,
+    build_members_table,
+    build_outbox_table,
+    lease_table_name,
+    members_table_name,
+)
 
 #: The branch label of every revision of this package.
 BRANCH = "outbox"
@@ -66,6 +72,10 @@ class Target:
         return lease_table_name(self.table)
 
     @property
+    def members_table(self) -> str:
+        return members_table_name(self.table)
+
+    @property
     def version_table(self) -> str:
         """The standalone command's version table: one per outbox table name."""
         return version_table_name(self.table)
@@ -81,10 +91,12 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox and lease tables, for an application's `target_metadata`."""
+    """A `MetaData` holding the outbox, lease and relays tables, for an application's
+    `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
+    build_members_table(metadata, table, schema)
     return metadata
 
 
@@ -138,7 +150,7 @@ def include_object_for(
     application's own filter.
     """
     t = Target(table, schema)
-    owned = {t.table, t.lease_table, t.version_table}
+    owned = {t.table, t.lease_table, t.members_table, t.version_table}
 
     def include_object(
         obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any

@@ -1,4 +1,5 @@
-"""The outbox table and the relay's lease table, on a library-owned `MetaData`.
+"""The outbox table, the relay's lease table and its membership table, on a library-owned
+`MetaData`.
 
 Column names follow Debezium's Outbox Event Router defaults (`id`, `aggregatetype`,
 `aggregateid`, `type`, `payload`), so a team can switch from this relay to CDC later without
@@ -28,8 +29,17 @@ SEQ_TYPE = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 TIMESTAMP_TYPE = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 
+#: What `relays.mode` holds: how the relay shares the table with the others.
+RELAY_MODES = ("single", "partitioned")
+MODE_LENGTH = 16
+
+
 def lease_table_name(table_name: str) -> str:
     return f"{table_name}_lease"
+
+
+def members_table_name(table_name: str) -> str:
+    return f"{table_name}_relays"
 
 
 def build_outbox_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
@@ -97,7 +107,35 @@ def build_lease_table(metadata: sa.MetaData, table_name: str, schema: str | None
         # number so that "now + ttl" is the same arithmetic on every dialect.
         sa.Column("expires_at", sa.Double(), nullable=False, server_default=sa.text("0")),
         sa.Column("renewed_at", sa.Double(), nullable=True),
+        # When the current owner took the lease (database clock, like expires_at); added by
+        # revision 0002, hence last.
+        sa.Column("acquired_at", sa.Double(), nullable=True),
         sa.PrimaryKeyConstraint("name", name=f"pk_{name}"),
+        schema=schema,
+    )
+
+
+def build_members_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
+    """Define the membership table: one row per running relay of an outbox table.
+
+    Each relay upserts its row on its renewal timer (`heartbeat_at`, by the database's clock)
+    and deletes it on a clean stop; a row whose heartbeat is older than the lease TTL is a
+    relay that died. `outbox status` lists the live ones; partitioned relays share the
+    partitions among them.
+    """
+    name = members_table_name(table_name)
+    check_identifier(name, "relays table name")
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("relay_id", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("host", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("started_at", TIMESTAMP_TYPE, nullable=False),
+        sa.Column("heartbeat_at", TIMESTAMP_TYPE, nullable=False),
+        # "single" (one active relay per table) or "partitioned" (RELAY_MODES).
+        sa.Column("mode", sa.String(MODE_LENGTH), nullable=False),
+        sa.PrimaryKeyConstraint("relay_id", name=f"pk_{name}"),
         schema=schema,
     )
 

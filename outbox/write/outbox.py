@@ -25,7 +25,12 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, object_session
 
 from outbox.errors import ConfigurationError, NotInstalledError, TableMissingError
-from outbox.schema.tables import build_lease_table, build_outbox_table, notify_channel
+from outbox.schema.tables import (
+    build_lease_table,
+    build_members_table,
+    build_outbox_table,
+    notify_channel,
+)
 from outbox.write.buffer import SessionBuffer
 from outbox.write.capture import CaptureBypassedWarning, CaptureRegistry
 from outbox.write.draft import check_text, make_draft
@@ -78,6 +83,7 @@ class Outbox:
         self.metadata = sa.MetaData()
         self.table = build_outbox_table(self.metadata, table_name, schema)
         self.lease_table = build_lease_table(self.metadata, table_name, schema)
+        self.members_table = build_members_table(self.metadata, table_name, schema)
         self.table_name = table_name
         self.schema = schema
         # Settings are fixed at construction: the collaborators below hold their own copies.

@@ -120,6 +120,25 @@ def check(committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
     )
 
 
+def raw_order_regressions(
+    committed: Mapping[str, Sequence[str]], deliveries: Sequence[Delivery]
+) -> int:
+    """Per key, in the order a consumer reads them, the deliveries (repeats included) of an
+    event committed before one of its key already delivered: what a consumer that does not drop
+    repeats sees go backwards. A resent tail (5 6 7 5 6 7) counts 2 (the second 5 and 6)."""
+    position = {event_id: index for ids in committed.values() for index, event_id in enumerate(ids)}
+    highest: dict[str, int] = {}
+    regressions = 0
+    for d in sorted(deliveries, key=lambda d: (d.partition, d.offset)):
+        index = position.get(d.event_id)
+        if index is None:
+            continue
+        if index < highest.get(d.key, -1):
+            regressions += 1
+        highest[d.key] = max(index, highest.get(d.key, -1))
+    return regressions
+
+
 def report(scenario: str, figures: Figures, **extra: Any) -> Figures:
     """Print the figures and write them to RESULTS_DIR/<scenario>.json."""
     figures.extra.update(extra)

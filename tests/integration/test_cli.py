@@ -137,7 +137,11 @@ def test_status_json(db_url: str) -> None:
     result = run("status", "--db-url", db_url, "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert set(status) == {"pending", "oldest_pending_age_seconds", "failed"}
+    assert set(status) == {
+        "pending", "oldest_pending_age_seconds", "failed", "lease", "relays_live", "relays",
+        "standbys",
+    }  # fmt: skip
+    assert (status["lease"], status["relays"], status["standbys"]) == (None, [], [])
     assert status["pending"] == 3
     assert status["failed"] == 2
     assert 240 <= status["oldest_pending_age_seconds"] < 3600
@@ -147,6 +151,7 @@ def test_status_table_and_empty_json(sqlite_url: str) -> None:
     create_outbox_tables(sqlite_url)
     assert json.loads(run("status", "--db-url", sqlite_url, "--json").stdout) == {
         "pending": 0, "oldest_pending_age_seconds": None, "failed": 0,
+        "lease": None, "relays_live": 0, "relays": [], "standbys": [],
     }  # fmt: skip
     seed(sqlite_url)
     result = run("status", "--db-url", sqlite_url)

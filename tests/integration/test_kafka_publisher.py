@@ -178,6 +178,29 @@ def test_close_flushes_what_was_published(kafka: str) -> None:
     )
 
 
+def test_abort_drops_what_is_buffered_and_the_publisher_goes_on(kafka: str) -> None:
+    """What a relay that lost its lease does: nothing buffered may reach the broker."""
+    topic = new_topic()
+    # A long linger keeps the records in the producer's buffer, as a stalled broker would.
+    with KafkaPublisher(kafka) as plain:  # the topic exists before the test starts
+        assert plain.publish([Message(topic, b"k", b"before")]).wait(30) == [None]
+    pub = KafkaPublisher(kafka, {"linger_ms": 30000, "batch_size": 1 << 20})
+    try:
+        buffered = pub.publish([Message(topic, b"k", f"dropped {i}".encode()) for i in range(50)])
+        assert not buffered.done()
+        pub.abort()
+        outcomes = buffered.wait(5)
+        assert len(outcomes) == 50
+        assert all(isinstance(o, BrokerUnavailableError) for o in outcomes), outcomes[:3]
+        after = pub.publish([Message(topic, b"k", b"after")])
+        pub.close(timeout=30)  # flushes "after" despite the linger
+        assert after.wait(1) == [None]
+    finally:
+        pub.close(timeout=5)
+    received = consume(kafka, topic, expected=2, settle=2.0)
+    assert [r.value for r in received] == [b"before", b"after"]
+
+
 def test_publish_after_close_gives_unavailable_outcomes(kafka: str) -> None:
     pub = KafkaPublisher(kafka)
     pub.close(timeout=5)

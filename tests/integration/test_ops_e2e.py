@@ -120,6 +120,15 @@ def status_json(db_url: str) -> dict[str, Any]:
     return status
 
 
+BACKLOG_KEYS = ("pending", "oldest_pending_age_seconds", "failed")
+
+
+def backlog_json(db_url: str) -> dict[str, Any]:
+    """The backlog part of `outbox status --json` (the fleet part: tests/integration/
+    test_relay_members.py)."""
+    return {k: v for k, v in status_json(db_url).items() if k in BACKLOG_KEYS}
+
+
 def headers_text(record: Received) -> dict[str, str]:
     return {k: v.decode() for k, v in record.headers.items()}
 
@@ -197,7 +206,8 @@ def test_metrics_scraped_during_a_real_run_match_what_happened(
     # `outbox status`, which reports no oldest pending event at all.
     assert value(s, "outbox_pending_events") == 0
     assert value(s, "outbox_oldest_pending_age_seconds") == 0
-    assert status_json(pg_url) == {"pending": 0, "oldest_pending_age_seconds": None, "failed": 1}
+    assert backlog_json(pg_url) == {"pending": 0, "oldest_pending_age_seconds": None, "failed": 1}
+    assert value(s, "outbox_relays_live") == 1
     # One delay observation per published event, each in some bucket.
     assert value(s, "outbox_publish_delay_seconds_count") == 20
     assert value(s, "outbox_publish_delay_seconds_bucket", le="+Inf") == 20
@@ -406,7 +416,7 @@ def test_retention_keeps_published_rows_without_republishing_and_purge_deletes_t
     assert len(consume(kafka, topic, expected=30)) == 30
     wait_until("30 events to be marked published", lambda: app.count(published) == 30)
     assert app.count() == 30
-    assert status_json(pg_url) == {"pending": 0, "oldest_pending_age_seconds": None, "failed": 0}
+    assert backlog_json(pg_url) == {"pending": 0, "oldest_pending_age_seconds": None, "failed": 0}
 
     # New events make the relay run new passes: the retained rows must not go again.
     emit(30, 35)

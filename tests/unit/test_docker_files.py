@@ -355,6 +355,7 @@ def test_dashboard_has_the_expected_panels() -> None:
         "outbox_pending_events",
         "outbox_oldest_pending_age_seconds",
         "outbox_lease_held",
+        "outbox_relays_live",
         "outbox_batch_size",
         "outbox_batch_duration_seconds",
     ):

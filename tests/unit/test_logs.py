@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from outbox.errors import ConfigurationError
-from outbox.ops.logs import LoggingObserver, configure_logging, mask_text
+from outbox.ops.logs import KafkaClientFilter, LoggingObserver, configure_logging, mask_text
 from outbox.relay.observer import RelayObserver
 
 SECRET = "s3cr3t"
@@ -123,6 +123,44 @@ def test_kafka_chatter_is_quiet_at_info(stream: io.StringIO) -> None:
     assert "node down" in lines(stream)[0]
 
 
+def reconnect_errors(count: int) -> None:
+    """What kafka-python logs per failed reconnect while a broker is unreachable."""
+    log = logging.getLogger("kafka.conn")
+    for _ in range(count):
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            log.error("<BrokerConnection node_id=1>: Error receiving network data", exc_info=True)
+
+
+def test_kafka_errors_are_rate_limited_one_line_summaries(stream: io.StringIO) -> None:
+    handler = configure_logging("text", "INFO", stream=stream)
+    reconnect_errors(500)
+    logging.getLogger("outbox.relay").warning("broker unreachable")
+    assert len(lines(stream)) == 2, stream.getvalue()
+    assert "Traceback" not in stream.getvalue()
+    first = lines(stream)[0]
+    assert "ERROR" in first and "kafka-python: <BrokerConnection node_id=1>" in first
+    assert "(ConnectionResetError: [Errno 104] Connection reset by peer)" in first
+    assert "broker unreachable" in lines(stream)[1]
+
+    kafka_filter = next(f for f in handler.filters if isinstance(f, KafkaClientFilter))
+    kafka_filter._next = 0.0  # the interval has passed
+    reconnect_errors(1)
+    assert len(lines(stream)) == 3
+    assert "[499 more kafka-python records held back in the last 60s" in lines(stream)[2]
+    assert "Traceback" not in stream.getvalue()
+
+
+def test_kafka_details_at_debug(stream: io.StringIO) -> None:
+    configure_logging("text", "DEBUG", stream=stream)
+    reconnect_errors(3)
+    logging.getLogger("kafka.conn").debug("connecting")
+    assert stream.getvalue().count("Traceback") == 3
+    assert stream.getvalue().count("Error receiving network data") == 3
+    assert "connecting" in stream.getvalue()
+
+
 @pytest.mark.parametrize(
     ("fmt", "level", "fragment"),
     [("xml", "INFO", "unknown log format"), ("text", "LOUD", "unknown log level")],
@@ -161,9 +199,32 @@ def test_observer_logs_state_changes_once(caplog: pytest.LogCaptureFixture) -> N
         ("INFO", "database reachable"),
         ("INFO", "broker reachable"),
         ("WARNING", "broker unreachable: connection refused"),
-        ("INFO", "broker reachable again"),
+        ("INFO", "broker reachable again: down for 0.0s"),
     ]
     assert caplog.records[2].__dict__["component"] == "broker"
+
+
+def test_observer_reminds_of_a_lasting_outage_with_the_backlog(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="outbox.test.observer")
+    observer = LoggingObserver(logging.getLogger("outbox.test.observer"), reminder_interval=3600)
+    observer.state("broker", True)
+    observer.backlog(7, 1.0)
+    observer.state("broker", False, "waiting for the broker at k:9092")
+    for _ in range(100):
+        observer.state("broker", False, "waiting for the broker at k:9092")
+        observer.backlog(7, 1.0)
+    assert len(caplog.records) == 2  # no reminder within the interval
+    observer.reminder_interval = 0.0
+    observer.backlog(9, 2.0)
+    observer.state("broker", True, "down for 21.0s since the first unacknowledged send")
+    reminder, back = messages(caplog)[2:]
+    assert reminder[0] == "WARNING"
+    assert reminder[1].startswith("broker still unreachable after ")
+    assert reminder[1].endswith("s, 9 events pending")
+    assert back[0] == "INFO"
+    assert back[1] == "broker reachable again: down for 21.0s since the first unacknowledged send"
 
 
 def test_observer_logs_lease_changes(caplog: pytest.LogCaptureFixture) -> None:

@@ -82,9 +82,11 @@ def test_gauges_follow_the_latest_report() -> None:
     assert value(samples, "outbox_lease_held") == 0
     observer.backlog(42, 12.5)
     observer.lease(True)
+    observer.relays(3)
     observer.state("database", True)
     observer.state("broker", False, "connection refused")
     samples = scrape(observer)
+    assert value(samples, "outbox_relays_live") == 3
     assert value(samples, "outbox_pending_events") == 42
     assert value(samples, "outbox_oldest_pending_age_seconds") == 12.5
     assert value(samples, "outbox_lease_held") == 1
@@ -92,8 +94,10 @@ def test_gauges_follow_the_latest_report() -> None:
     assert value(samples, "outbox_up", component="broker") == 0
     observer.backlog(0, None)
     observer.lease(False)
+    observer.relays(2)
     observer.state("broker", True)
     samples = scrape(observer)
+    assert value(samples, "outbox_relays_live") == 2
     assert value(samples, "outbox_pending_events") == 0
     assert value(samples, "outbox_oldest_pending_age_seconds") == 0
     assert value(samples, "outbox_lease_held") == 0

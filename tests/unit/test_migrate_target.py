@@ -52,6 +52,7 @@ def test_include_object_hides_only_this_outbox() -> None:
 
     assert not include(mine["s1.events"], "events", "table", True, None)
     assert not include(mine["s1.events_lease"], "events_lease", "table", False, None)
+    assert not include(mine["s1.events_relays"], "events_relays", "table", False, None)
     version = sa.Table("alembic_version_events", sa.MetaData(), schema="s1")
     assert not include(version, "alembic_version_events", "table", True, None)
     index = next(iter(mine["s1.events"].indexes))

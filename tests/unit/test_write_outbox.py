@@ -41,7 +41,7 @@ def test_defaults_and_tables() -> None:
     assert outbox.table.name == "outbox"
     assert outbox.table.schema is None
     assert outbox.lease_table.name == "outbox_lease"
-    assert set(outbox.metadata.tables) == {"outbox", "outbox_lease"}
+    assert set(outbox.metadata.tables) == {"outbox", "outbox_lease", "outbox_relays"}
     assert outbox.max_payload_bytes == 1024 * 1024
     custom = Outbox(table_name="events_outbox", schema="app")
     assert custom.table.fullname == "app.events_outbox"

@@ -10,6 +10,7 @@ database's clock. A relay that was paused past its lease therefore cannot mark a
 - engine.py      the engine and its per-dialect setup, transient errors, the database's clock
 - executor.py    transactions, reads outside them, and the hot statements' faster driver path
 - leases.py      named leases in the lease table: take, renew, release, fence, holder
+- members.py     the relays table: heartbeats, the live relays, leaving
 - reads.py       pending events (the relay's hot reads) and the pending/parked conditions
 - marks.py       completions and rejections, fenced by the lease
 - admin.py       status, parked events, requeue, drop, purge (the CLI's)

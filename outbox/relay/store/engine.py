@@ -38,14 +38,43 @@ def _sqlite_epoch(element: db_epoch, compiler: Any, **kw: Any) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
-def create_relay_engine(db_url: str) -> sa.Engine:
+class db_now(FunctionElement[Any]):
+    """The database's clock as a timestamp (for the relays' heartbeats, which people read)."""
+
+    type = sa.DateTime(timezone=True)
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "clock_timestamp()"
+
+
+@compiles(db_now, "mysql")
+@compiles(db_now, "mariadb")
+def _mysql_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "sysdate(6)"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    # UTC, with milliseconds (CURRENT_TIMESTAMP has whole seconds only).
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def create_relay_engine(db_url: str, pool_size: int = 3) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
-    fails at once with SQLITE_BUSY instead of waiting)."""
+    fails at once with SQLITE_BUSY instead of waiting). `pool_size` 1: one connection, no
+    overflow (the lease keeper's)."""
     url = parse_db_url(db_url)
     backend = url.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_size": 3, "max_overflow": 2, "pool_recycle": 1800}
+    kwargs: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": 2 if pool_size > 1 else 0,
+        "pool_recycle": 1800,
+    }
     if backend in ("mysql", "mariadb"):
         kwargs["isolation_level"] = "READ COMMITTED"
     if backend == "sqlite":

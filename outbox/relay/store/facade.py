@@ -11,34 +11,43 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from outbox.errors import TableMissingError
-from outbox.relay.records import ParkedEvent, PendingEvent, Status
+from outbox.relay.records import LeaseInfo, Member, ParkedEvent, PendingEvent, Status
 from outbox.relay.store.admin import Admin
 from outbox.relay.store.engine import create_relay_engine
 from outbox.relay.store.executor import Executor
 from outbox.relay.store.leases import LEASE_NAME, Lease, Leases
 from outbox.relay.store.marks import Marks
+from outbox.relay.store.members import Members
 from outbox.relay.store.postgresql import PostgresWaker, psycopg_cursor
 from outbox.relay.store.reads import COUNT_ALL, EventReads
 from outbox.relay.store.waker import Waker
-from outbox.schema.tables import build_lease_table, build_outbox_table, notify_channel
+from outbox.schema.tables import (
+    build_lease_table,
+    build_members_table,
+    build_outbox_table,
+    notify_channel,
+)
 
 
 class OutboxStore:
     """The relay's view of one outbox table.
 
     Its roles, each usable alone: `executor` (connections and transactions), `leases` (the
-    lease table: election and fencing), `reads` (pending events), `marks` (completions and
-    rejections, fenced), `admin` (the operator's tools)."""
+    lease table: election and fencing), `members` (the relays table: heartbeats), `reads`
+    (pending events), `marks` (completions and rejections, fenced), `admin` (the operator's
+    tools)."""
 
     def __init__(self, engine: sa.Engine, table: str = "outbox", schema: str | None = None) -> None:
         self.engine = engine
         metadata = sa.MetaData()
         self.table = build_outbox_table(metadata, table, schema)
         self.lease_table = build_lease_table(metadata, table, schema)
+        self.members_table = build_members_table(metadata, table, schema)
         self.channel = notify_channel(table, schema)
         self.dialect = engine.dialect.name
         self.executor = Executor(engine, psycopg_cursor(engine))
         self.leases = Leases(self.executor, self.lease_table)
+        self.members = Members(self.executor, self.members_table)
         self.reads = EventReads(self.executor, self.table)
         self.marks = Marks(self.executor, self.leases, self.table)
         self.admin = Admin(self.executor, self.table)
@@ -46,6 +55,16 @@ class OutboxStore:
     @classmethod
     def from_url(cls, db_url: str, table: str = "outbox", schema: str | None = None) -> OutboxStore:
         return cls(create_relay_engine(db_url), table, schema)
+
+    def companion(self) -> OutboxStore | None:
+        """The same tables through an engine of its own with one connection (the lease keeper's,
+        so that the loop's pool never starves a renewal). None for an in-memory SQLite
+        database, which exists only on its own engine (and connection)."""
+        url = self.engine.url
+        if self.dialect == "sqlite" and url.database in (None, "", ":memory:"):
+            return None
+        engine = create_relay_engine(url.render_as_string(hide_password=False), pool_size=1)
+        return OutboxStore(engine, self.table.name, self.table.schema)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -57,9 +76,9 @@ class OutboxStore:
     # -- checks ----------------------------------------------------------------------------
 
     def check_table(self) -> None:
-        """Raise `TableMissingError` unless both outbox tables exist."""
+        """Raise `TableMissingError` unless the outbox tables exist."""
         inspector = sa.inspect(self.engine)
-        for table in (self.table, self.lease_table):
+        for table in (self.table, self.lease_table, self.members_table):
             if not inspector.has_table(table.name, schema=table.schema):
                 where = f"{table.schema}.{table.name}" if table.schema else table.name
                 raise TableMissingError(
@@ -94,6 +113,24 @@ class OutboxStore:
     def lease_holder(self, name: str = LEASE_NAME) -> tuple[str | None, int, float] | None:
         """(owner, epoch, seconds until expiry) of the lease, or None if never taken."""
         return self.leases.holder(name)
+
+    def lease_info(self, name: str = LEASE_NAME) -> LeaseInfo | None:
+        """The lease row for `outbox status`: holder, epoch, since when, last renewal."""
+        return self.leases.info(name)
+
+    # -- membership (see `Members`) --------------------------------------------------------
+
+    def beat(self, relay_id: str, host: str, pid: int, mode: str, ttl: float) -> list[Member]:
+        """Record `relay_id`'s heartbeat now (database clock); return the live relays."""
+        return self.members.heartbeat(relay_id, host, pid, mode, ttl)
+
+    def live_relays(self, ttl: float) -> list[Member]:
+        """The relays that beat within the last `ttl` seconds, oldest first."""
+        return self.members.live_members(ttl)
+
+    def leave(self, relay_id: str) -> None:
+        """Remove `relay_id` from the live relays (a clean stop)."""
+        self.members.remove(relay_id)
 
     # -- reading and marking (see `EventReads`, `Marks`) -----------------------------------
 

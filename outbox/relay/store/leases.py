@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from outbox.errors import LeaseLostError
+from outbox.relay.records import LeaseInfo
 from outbox.relay.store.engine import db_epoch
 from outbox.relay.store.executor import Executor
 
@@ -77,6 +78,7 @@ class Leases:
                 epoch=lt.c.epoch + 1,
                 expires_at=db_epoch() + ttl,
                 renewed_at=db_epoch(),
+                acquired_at=db_epoch(),
             )
         )
         for _ in range(2):
@@ -142,3 +144,28 @@ class Leases:
         if row is None:
             return None
         return row[0], int(row[1]), float(row[2])
+
+    def info(self, name: str = LEASE_NAME) -> LeaseInfo | None:
+        """The lease row with its durations by the database's clock, or None if never taken."""
+        lt = self.table
+        now = db_epoch()
+        with self._executor.read() as conn:
+            row = conn.execute(
+                sa.select(
+                    lt.c.owner,
+                    lt.c.epoch,
+                    lt.c.expires_at - now,
+                    now - lt.c.acquired_at,
+                    now - lt.c.renewed_at,
+                ).where(lt.c.name == name)
+            ).first()
+        if row is None:
+            return None
+        return LeaseInfo(
+            name=name,
+            owner=row[0],
+            epoch=int(row[1]),
+            expires_in=float(row[2]),
+            held_for=None if row[3] is None else float(row[3]),
+            renewed_ago=None if row[4] is None else float(row[4]),
+        )

@@ -122,7 +122,19 @@ class PsycopgCursor:
         sql, params = compiled.string, dict(compiled.construct_params(values) or {})
         for name, convert in converters.items():
             params[name] = convert(params[name])
-        raw = self._engine.raw_connection()
+        try:
+            raw = self._engine.raw_connection()
+        except dialect.loaded_dbapi.Error as error:
+            # The pool hands out the driver's own error when connecting fails (server down,
+            # connection refused): wrapped like SQLAlchemy's, so that it is seen as transient.
+            raise exc.DBAPIError.instance(
+                sql,
+                params,
+                error,
+                dialect.loaded_dbapi.Error,
+                connection_invalidated=True,
+                dialect=dialect,
+            ) from error
         driver: Any = raw.driver_connection
         try:
             driver.autocommit = True  # one statement: no BEGIN/COMMIT round trips
