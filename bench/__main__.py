@@ -36,6 +36,7 @@ SCENARIO_MODULES: tuple[str, ...] = (
     "bench.write_path",
     "bench.drain",
     "bench.growth",
+    "bench.snapshot",
 )
 
 RESULTS = Path(__file__).parent / "results"

@@ -14,10 +14,12 @@ from outbox.errors import (
     OutboxError,
     PayloadError,
     PublishError,
+    SnapshotError,
     TableMissingError,
 )
 from outbox.relay.publisher import Delivery, InMemoryPublisher, Message, Publisher
 from outbox.relay.records import ParkedEvent, PendingEvent, Status
+from outbox.snapshot.options import SnapshotResult
 from outbox.write.entity import EventSource
 from outbox.write.event import Event
 from outbox.write.outbox import CaptureBypassedWarning, Outbox, fix_sqlite_transactions
@@ -42,6 +44,8 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RelayConfig",
+    "SnapshotError",
+    "SnapshotResult",
     "Status",
     "TableMissingError",
     "fix_sqlite_transactions",

@@ -44,6 +44,27 @@ def mask_url(url: str | URL) -> str:
     return parsed.render_as_string(hide_password=True)
 
 
+def check_bootstrap_servers(value: str) -> None:
+    """Raise a `ConfigurationError` naming the setting unless `value` is host[:port][,...]."""
+    if not value.strip():
+        raise ConfigurationError("bootstrap servers must not be empty")
+    for entry in (part.strip() for part in value.split(",")):
+        address = entry.partition("://")[2] or entry  # PLAINTEXT://host:9092 is accepted too
+        if address.startswith("["):  # [IPv6]:port
+            host, _, rest = address[1:].partition("]")
+            port = rest[1:] if rest.startswith(":") else rest
+        elif address.count(":") == 1:
+            host, _, port = address.partition(":")
+        else:
+            host, port = address, ""
+        valid_port = port == "" or (port.isdigit() and 0 < int(port) <= 65535)
+        if not host or not valid_port:
+            raise ConfigurationError(
+                f"bootstrap servers (--bootstrap-servers / OUTBOX_BOOTSTRAP_SERVERS): {entry!r} "
+                "is not host:port with a port 1-65535 (e.g. kafka:9092,kafka2:9092)"
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     """Everything a relay needs. Build it directly, with `from_env`, or through the CLI."""
@@ -73,6 +94,9 @@ class RelayConfig:
     source: str = "/sqlalchemy-outbox"
     health_port: int | None = None
     metrics_port: int | None = None
+    #: Address the health and metrics endpoints bind to (all interfaces, for a sidecar's probes;
+    #: 127.0.0.1 keeps them local, "::" for IPv6).
+    health_host: str = "0.0.0.0"
     #: Seconds to finish the batch in flight at shutdown.
     shutdown_timeout: float = 10.0
     log_format: LogFormat = "text"
@@ -82,8 +106,7 @@ class RelayConfig:
         check_identifier(self.table, "table name")
         if self.schema is not None:
             check_identifier(self.schema, "schema name")
-        if not self.bootstrap_servers.strip():
-            raise ConfigurationError("bootstrap servers must not be empty")
+        check_bootstrap_servers(self.bootstrap_servers)
         _positive("batch_size", self.batch_size, integer=True)
         _positive("poll_interval", self.poll_interval)
         _positive("lease_ttl", self.lease_ttl)
@@ -101,6 +124,8 @@ class RelayConfig:
             port = getattr(self, port_name)
             if port is not None and not 0 <= port <= 65535:
                 raise ConfigurationError(f"{port_name} must be 0..65535, got {port}")
+        if not self.health_host.strip():
+            raise ConfigurationError("health host must not be empty (0.0.0.0: every interface)")
         if len(self.topic_prefix) > 200:
             raise ConfigurationError("topic prefix is longer than 200 characters")
         # A frozen copy, so that the caller's dict cannot change the settings afterwards.

@@ -8,7 +8,8 @@
     ├── PublishError                          the broker did not take a message
     │   ├── BrokerUnavailableError            transient: outage, timeout, leader moving (retry)
     │   └── EventRejectedError                permanent for this event: too large, bad topic (park)
-    └── LeaseLostError                        this relay is no longer the active one (fenced)
+    ├── LeaseLostError                        this relay is no longer the active one (fenced)
+    └── SnapshotError                         a snapshot failed, was cancelled or resumed elsewhere
 
 kafka-python's exceptions never escape the Kafka publisher: they are translated at that boundary.
 """
@@ -57,3 +58,9 @@ class EventRejectedError(PublishError):
 
 class LeaseLostError(OutboxError):
     """This relay lost its lease: another relay may be active, so it must not publish or mark."""
+
+
+class SnapshotError(OutboxError):
+    """A snapshot stopped before it finished: it failed, was cancelled or was resumed elsewhere.
+
+    A failed snapshot resumes from its last committed chunk when run again."""

@@ -4,6 +4,7 @@ The implementation lives in `outbox.schema.migrate`; this module keeps the docum
 (`from outbox.migrate import include_object_for`) stable for users' own `env.py`.
 """
 
+from outbox.schema.alembic_config import AlembicConfigWarning
 from outbox.schema.migrate import (
     BRANCH,
     VERSION_LOCATION,
@@ -20,6 +21,7 @@ from outbox.schema.migrate import (
 __all__ = [
     "BRANCH",
     "VERSION_LOCATION",
+    "AlembicConfigWarning",
     "Target",
     "build_metadata",
     "current_target",

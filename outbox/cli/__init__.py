@@ -18,6 +18,7 @@ from outbox.cli.demo import demo
 from outbox.cli.maintenance import healthcheck, migrate, purge
 from outbox.cli.parked import parked
 from outbox.cli.relay import relay
+from outbox.cli.snapshot import snapshot
 from outbox.cli.status import status
 from outbox.ops.entrypoint import run_command
 
@@ -34,6 +35,7 @@ def cli() -> None:
       outbox relay --db-url URL --bootstrap-servers kafka:9092
       outbox status --db-url URL                   backlog and parked events
       outbox parked list --db-url URL              events the broker rejected for good
+      outbox snapshot run --db-url URL --app APP --model MODEL   existing rows as events
       outbox demo                                  the whole flow on this machine
 
     Every option can also be set with an environment variable (OUTBOX_DB_URL, OUTBOX_TABLE,
@@ -42,7 +44,7 @@ def cli() -> None:
     """
 
 
-for _command in (migrate, relay, status, parked, purge, healthcheck, demo):
+for _command in (migrate, relay, status, parked, purge, healthcheck, demo, snapshot):
     cli.add_command(_command)
 
 

@@ -85,17 +85,25 @@ def db_options(func: Callable[..., Any]) -> Callable[..., Any]:
         show_envvar=True,
         required=True,
         metavar="URL",
-        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pass@host/db.",
+        help="SQLAlchemy database URL, e.g. postgresql+psycopg://user:pass@host/db (the "
+        "application's asyncio URL works too: it is used through the matching sync driver).",
     )(func)
     return func
 
 
 @contextmanager
 def open_store(db_url: str, table: str, schema: str | None) -> Iterator[OutboxStore]:
-    """The outbox table's store, checked to exist (else `TableMissingError`), disposed after."""
+    """The outbox table's store, checked to exist (else `TableMissingError`), disposed after.
+
+    An asyncio URL is used through its synchronous driver, said once on stderr; a SQLite file
+    that does not exist is an error, never created (these commands only read or repair)."""
+    from outbox._urls import resolve_db_url
     from outbox.relay.store import OutboxStore
 
-    store = OutboxStore.from_url(db_url, table, schema)
+    resolved = resolve_db_url(db_url, must_exist=False)  # checked with the table, below
+    if resolved.note is not None:
+        click.echo(f"outbox: {resolved.note}", err=True)
+    store = OutboxStore.from_url(resolved.url, table, schema)
     try:
         store.check_table()
         yield store

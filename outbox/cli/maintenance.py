@@ -22,7 +22,9 @@ def migrate(db_url: str, table: str, schema: str | None, sql: bool) -> None:
     """
     from outbox.schema.migrate import upgrade
 
-    upgrade(db_url, table=table, schema=schema, sql=sql)
+    done = upgrade(db_url, table=table, schema=schema, sql=sql)
+    if not sql:  # with --sql, stdout is the SQL script alone
+        click.echo(done)
 
 
 @click.command()

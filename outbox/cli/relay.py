@@ -43,7 +43,8 @@ _D = _relay_defaults()
     show_envvar=True,
     required=True,
     metavar="URL",
-    help="SQLAlchemy database URL of the application's database.",
+    help="SQLAlchemy database URL of the application's database (an asyncio URL such as "
+    "postgresql+asyncpg:// is used through its sync driver, psycopg).",
 )
 @click.option(
     "--bootstrap-servers",
@@ -146,6 +147,14 @@ _D = _relay_defaults()
     help="Serve /healthz (loop alive) and /readyz (database and broker reachable) on this port.",
 )
 @click.option(
+    "--health-host",
+    envvar="OUTBOX_HEALTH_HOST",
+    show_envvar=True,
+    metavar="ADDRESS",
+    show_default=_D["health_host"],
+    help="Address the health and metrics endpoints bind to (127.0.0.1: this host only).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     envvar="OUTBOX_METRICS_PORT",
@@ -200,12 +209,18 @@ def relay(log_level: str, producer_config: dict[str, Any], **options: Any) -> No
     exits at once).
     """
     from outbox.ops.logs import LoggingObserver, configure_logging
+    from outbox.ops.progress import ProgressObserver
     from outbox.relay import Relay
     from outbox.relay.observer import CompositeObserver, RelayObserver
 
     config = RelayConfig.from_env(**options, producer_config=producer_config)
+    # Every static setting is checked before the first connection: a typo in -X fails at once,
+    # not after the database answered (kafka-python itself checks only when it connects).
+    from outbox.kafka import producer_settings
+
+    producer_settings(config.bootstrap_servers, config.producer_config)
     configure_logging(config.log_format, log_level)
-    observers: list[RelayObserver] = [LoggingObserver()]
+    observers: list[RelayObserver] = [LoggingObserver(), ProgressObserver()]
     render_metrics = None
     if config.metrics_port is not None:
         from outbox.ops.metrics import PrometheusObserver
@@ -253,6 +268,7 @@ def _start_servers(
             servers.append(
                 HealthServer(
                     config.health_port,
+                    config.health_host,
                     alive=the_relay.alive,
                     ready=the_relay.ready,
                     metrics=metrics if same else None,
@@ -263,8 +279,8 @@ def _start_servers(
             assert config.metrics_port is not None
             servers.append(
                 HealthServer(
-                    config.metrics_port, alive=the_relay.alive, ready=the_relay.ready,
-                    metrics=metrics,
+                    config.metrics_port, config.health_host, alive=the_relay.alive,
+                    ready=the_relay.ready, metrics=metrics,
                 )
             )  # fmt: skip
             servers[-1].start()

@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from outbox._urls import resolve_db_url
 from outbox.config import mask_url, parse_db_url
 from outbox.write.entity import EventSource
 from outbox.write.outbox import Outbox, fix_sqlite_transactions
@@ -79,7 +80,8 @@ class ExampleApp:
     """The application: its engine, a session factory with the outbox installed, the model."""
 
     def __init__(self, db_url: str, outbox: Outbox | None = None) -> None:
-        url = parse_db_url(db_url)
+        # The example application is synchronous: an asyncio URL runs on its sync driver.
+        url = resolve_db_url(parse_db_url(db_url), must_exist=False).url
         self.outbox = outbox or Outbox()
         if url.get_backend_name() == "sqlite":
             # Several writer threads on one file: wait for the write lock instead of failing.

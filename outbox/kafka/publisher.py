@@ -60,6 +60,37 @@ def _no_partition(topic: str, key: bytes | None) -> None:
     return None
 
 
+def fail_fast_on_unknown_producer_id(producer: Any) -> None:
+    """Make `producer` give up a batch at once when the broker does not know its producer id on
+    a partition it never had an acknowledgement from.
+
+    kafka-python reads that answer as the broker's retention having removed the producer's
+    state (KAFKA-5793): it resets the sequence and resends, which a broker that lost the
+    producer id altogether (an in-memory broker restarted, a cluster rebuilt) answers the same
+    way again, every 100 ms until the delivery timeout, 2 minutes. Retention cannot explain it
+    where nothing was ever acknowledged, so such a batch fails with UnknownProducerIdError
+    instead, and the publisher builds a new producer (see `KafkaPublisher._failed`).
+    Private API, guarded: without the hook the behaviour stays kafka-python's own.
+    """
+    sender = getattr(producer, "_sender", None)
+    original = getattr(sender, "_is_retention_based_unknown_producer_id", None)
+    manager = getattr(sender, "_transaction_manager", None)
+    if (
+        sender is None
+        or original is None
+        or manager is None
+        or not hasattr(manager, "last_acked_offset")
+    ):
+        return
+
+    def is_retention_based(batch: Any, error_cls: Any, log_start_offset: Any) -> bool:
+        if manager.last_acked_offset(batch.topic_partition) < 0:
+            return False
+        return bool(original(batch, error_cls, log_start_offset))
+
+    sender._is_retention_based_unknown_producer_id = is_retention_based
+
+
 class KafkaDelivery:
     """The futures of one `publish` call; `wait` turns them into outcomes."""
 
@@ -160,6 +191,7 @@ class KafkaPublisher:
             settings.setdefault("partitioner", CachedHashPartitioner())
             producer = KafkaProducer(**settings)
             install_wakeup(producer)
+            fail_fast_on_unknown_producer_id(producer)
             return producer
         except BaseException:
             for client in clients:

@@ -42,6 +42,9 @@ DEFAULT_PRODUCER_SETTINGS: Mapping[str, Any] = {
     "metrics_enabled": False,
 }
 
+# Settings with a numeric default that also take a word (acks=all).
+_TEXT_ALLOWED = frozenset({"acks"})
+
 # Idempotence requires these; an explicit conflicting value is refused at construction.
 _IDEMPOTENT_ACKS = ("all", -1, "-1")
 
@@ -65,6 +68,12 @@ def _typed(name: str, value: Any) -> Any:
                 return kind(text)
             except ValueError:
                 pass
+        if name not in _TEXT_ALLOWED:
+            expected = "a whole number" if isinstance(default, int) else "a number"
+            raise ConfigurationError(
+                f"producer setting {name}={value!r} is not a number: expected {expected} "
+                f"(kafka-python's default is {default!r})"
+            )
     return value  # e.g. acks="all": kafka-python validates it
 
 

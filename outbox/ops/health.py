@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -31,6 +32,10 @@ MetricsSource = Callable[[], tuple[bytes, str]]
 
 _JSON = "application/json"
 _TEXT = "text/plain; charset=utf-8"
+
+
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class HealthServer:
@@ -65,7 +70,8 @@ class HealthServer:
         if self._server is not None:
             return
         try:
-            server = ThreadingHTTPServer(self._address, self._handler_class())
+            server_class = _IPv6Server if ":" in self._address[0] else ThreadingHTTPServer
+            server = server_class(self._address, self._handler_class())
         except OSError as exc:
             host, port = self._address
             raise ConfigurationError(

@@ -4,7 +4,9 @@ Three envelopes (``RelayConfig.envelope``):
 
 ``plain`` (default)
     value = the payload bytes unchanged; headers ``event_id``, ``event_type``,
-    ``aggregate_type``, ``aggregate_id``, ``created_at`` and then the row's own headers.
+    ``aggregate_type``, ``aggregate_id``, ``created_at``, ``content-type`` (the row's, which
+    `emit` sets for text and bytes payloads, else ``application/json``; none on a tombstone)
+    and then the row's other headers.
 ``cloudevents``
     CloudEvents Kafka protocol binding, binary content mode: value = the payload; attributes in
     ``ce_*`` headers; ``content-type`` from the row's ``content-type`` header, else
@@ -15,7 +17,9 @@ Three envelopes (``RelayConfig.envelope``):
 
 In every envelope the topic is the row's topic, else ``topic_prefix + aggregatetype``; the key
 is the row's key, else the aggregate id; a NULL payload stays a NULL value (a tombstone for
-compacted topics), also in the structured envelope.
+compacted topics), also in the structured envelope. The record timestamp is the event's
+``created_at`` (not the time of sending), as Debezium's ``table.field.event.timestamp`` does, so
+that events held back by an outage keep their time and a move to CDC changes nothing.
 
 A row that cannot become a record (headers that are not a JSON object of text values, a
 reserved header name, a topic name Kafka refuses) raises `PayloadError`: the relay parks it.
@@ -46,6 +50,7 @@ CONTENT_TYPE = "content-type"
 CE_PREFIX = "ce_"
 STRUCTURED_CONTENT_TYPE = b"application/cloudevents+json"
 DEFAULT_CONTENT_TYPE = "application/json"
+_JSON_CONTENT_TYPE = (CONTENT_TYPE, DEFAULT_CONTENT_TYPE.encode())
 
 # Kafka's own rule for topic names (kafka.common.internals.Topic).
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
@@ -91,6 +96,13 @@ def rfc3339(moment: datetime) -> str:
     text = moment.isoformat() if moment.microsecond else moment.isoformat(timespec="microseconds")
     # Drop the "+00:00".
     return text[:-6] + "Z"
+
+
+def timestamp_ms(moment: datetime) -> int:
+    """Milliseconds since the epoch of `moment` (naive = UTC), the Kafka record timestamp."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
 
 
 def _router(prefix: str) -> Callable[[PendingEvent], str]:
@@ -166,6 +178,7 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
             return checked(event)
         try:
             key = event.key if event.key is not None else event.aggregateid
+            payload = _payload(event)
             headers: Headers = [
                 ("event_id", str(event.id).encode()),
                 ("event_type", event.type.encode()),
@@ -173,7 +186,11 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
                 ("aggregate_id", event.aggregateid.encode()),
                 ("created_at", rfc3339(event.created_at).encode()),
             ]
-            return Message(topic_of(event), key.encode(), _payload(event), headers)
+            if payload is not None:
+                headers.append(_JSON_CONTENT_TYPE)
+            return Message(
+                topic_of(event), key.encode(), payload, headers, timestamp_ms(event.created_at)
+            )
         except UnicodeEncodeError:
             return checked(event)
 
@@ -189,8 +206,13 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
             ("aggregate_id", _utf8(event.aggregateid, "aggregate id")),
             ("created_at", rfc3339(event.created_at).encode()),
         ]
+        payload = _payload(event)
+        if payload is not None and not any(n.lower() == CONTENT_TYPE for n in extra):
+            headers.append(_JSON_CONTENT_TYPE)
         _append_user(headers, extra)
-        return Message(topic_of(event), _key(event), _payload(event), headers)
+        return Message(
+            topic_of(event), _key(event), payload, headers, timestamp_ms(event.created_at)
+        )
 
     return encode
 
@@ -224,7 +246,9 @@ def _binary_encoder(topic_of: Callable[[PendingEvent], str], source: str) -> Enc
             (CONTENT_TYPE, _utf8(content_type or DEFAULT_CONTENT_TYPE, "content type")),
         ]
         _append_user(headers, extra)
-        return Message(topic_of(event), _key(event), _payload(event), headers)
+        return Message(
+            topic_of(event), _key(event), _payload(event), headers, timestamp_ms(event.created_at)
+        )
 
     return encode
 
@@ -241,8 +265,9 @@ def _structured_encoder(topic_of: Callable[[PendingEvent], str], source: str) ->
         _append_user(headers, extra)
         topic = topic_of(event)
         key = _key(event)
+        stamp = timestamp_ms(event.created_at)
         if payload is None:
-            return Message(topic, key, None, headers)
+            return Message(topic, key, None, headers, stamp)
         attributes: dict[str, Any] = {
             "specversion": "1.0",
             "id": str(event.id),
@@ -260,11 +285,24 @@ def _structured_encoder(topic_of: Callable[[PendingEvent], str], source: str) ->
             value = f'{head[:-1]},"data":{json_text}}}'.encode()
         else:
             attributes["datacontenttype"] = content_type or "application/octet-stream"
-            attributes["data_base64"] = base64.b64encode(payload).decode("ascii")
+            text = _text(payload, content_type)
+            if text is not None:
+                attributes["data"] = text  # text/*: readable as is, no base64
+            else:
+                attributes["data_base64"] = base64.b64encode(payload).decode("ascii")
             value = json.dumps(attributes, ensure_ascii=False, separators=(",", ":")).encode()
-        return Message(topic, key, value, headers)
+        return Message(topic, key, value, headers, stamp)
 
     return encode
+
+
+def _text(payload: bytes, content_type: str | None) -> str | None:
+    if content_type is None or not content_type.strip().lower().startswith("text/"):
+        return None
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 def _json_text(payload: bytes, content_type: str | None) -> str | None:

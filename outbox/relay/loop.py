@@ -79,7 +79,9 @@ class Relay:
     ``run()`` runs until ``stop()`` (thread-safe, also from a signal handler). ``run_once()``
     does a single pass and returns how many events it published; it raises
     `BrokerUnavailableError` when the broker failed during the pass (nothing is lost: the
-    unacknowledged events stay in the table).
+    unacknowledged events stay in the table). As a context manager (``with Relay(...) as
+    relay:``) it closes on exit: the lease is released at once, so the next relay (the next
+    test) takes over without waiting out ``lease_ttl``.
     """
 
     def __init__(
@@ -93,6 +95,7 @@ class Relay:
         publisher_factory: Callable[[RelayConfig], Publisher] = default_publisher,
     ) -> None:
         self.config = config
+        self._owns_store = store is None
         self.store = store or OutboxStore(
             create_relay_engine(config.db_url), config.table, config.schema
         )
@@ -194,6 +197,14 @@ class Relay:
         if self._waker is not None:
             self._waker.close()
             self._waker = None
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+        if self._owns_store:
+            self.store.dispose()
 
     # -- start-up ----------------------------------------------------------------------------
 

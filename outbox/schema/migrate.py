@@ -32,10 +32,12 @@ from alembic.util.exc import CommandError
 from outbox._names import check_identifier
 from outbox.config import mask_url
 from outbox.errors import ConfigurationError
+from outbox.schema.alembic_config import warn_about
 from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_snapshot_table,
     lease_table_name,
     members_table_name,
 )
@@ -80,6 +82,11 @@ class Target:
         """The standalone command's version table: one per outbox table name."""
         return version_table_name(self.table)
 
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The names of the tables the revisions own, in creation order (from the one model)."""
+        return tuple(t.name for t in build_metadata(self.table, self.schema).sorted_tables)
+
 
 def version_table_name(table: str) -> str:
     """`alembic_version_<table>`, shortened with a hash when too long to stay unique."""
@@ -91,17 +98,23 @@ def version_table_name(table: str) -> str:
 
 
 def build_metadata(table: str = DEFAULT_TABLE, schema: str | None = None) -> sa.MetaData:
-    """A `MetaData` holding the outbox, lease and relays tables, for an application's
+    """A `MetaData` holding the outbox, lease, relays and snapshot tables, for an application's
     `target_metadata`."""
     metadata = sa.MetaData()
     build_outbox_table(metadata, table, schema)
     build_lease_table(metadata, table, schema)
     build_members_table(metadata, table, schema)
+    build_snapshot_table(metadata, table, schema)
     return metadata
 
 
-def target(config: Config | None = None, environ: Mapping[str, str] | None = None) -> Target:
+def target(
+    config: Config | None = None, environ: Mapping[str, str] | None = None, *, check: bool = True
+) -> Target:
     """Which outbox table to migrate, first found wins.
+
+    With `check` (the default), also warns (`AlembicConfigWarning`) when the application's
+    Alembic config would hide the outbox revisions (``path_separator = os``).
 
     1. `config.attributes["outbox_table"]` / `["outbox_schema"]` (programmatic use);
     2. `-x outbox_table=...` / `-x outbox_schema=...` on the alembic command line;
@@ -109,6 +122,8 @@ def target(config: Config | None = None, environ: Mapping[str, str] | None = Non
     4. table `outbox` in the connection's default schema.
     """
     env = os.environ if environ is None else environ
+    if check and config is not None:
+        warn_about(config)
     attributes: Mapping[str, Any] = config.attributes if config is not None else {}
     x_args = _x_arguments(config)
 
@@ -129,7 +144,7 @@ def current_target() -> Target:
     """The target of the running migration; called by the revision files."""
     from alembic import op
 
-    return target(op.get_context().config)
+    return target(op.get_context().config, check=False)
 
 
 def _x_arguments(config: Config | None) -> dict[str, str]:
@@ -150,7 +165,7 @@ def include_object_for(
     application's own filter.
     """
     t = Target(table, schema)
-    owned = {t.table, t.lease_table, t.members_table, t.version_table}
+    owned = {*t.tables, t.version_table}
 
     def include_object(
         obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
@@ -174,13 +189,15 @@ def upgrade(
     schema: str | None = None,
     sql: bool = False,
     revision: str = "heads",
-) -> None:
-    """Create or upgrade the outbox tables of `db_url` (what `outbox migrate` runs).
+) -> str:
+    """Create or upgrade the outbox tables of `db_url` (what `outbox migrate` runs) and say
+    what was done: ``created outbox, outbox_lease at revision 0001``, ``upgraded ...`` or
+    ``already at revision 0001``.
 
     With `sql`, print the SQL instead of running it. Raises `ConfigurationError` with a
     one-line message for a malformed URL, an unreachable database or an invalid name.
     """
-    _run("upgrade", db_url, Target(table, schema), sql, revision)
+    return _run("upgrade", db_url, Target(table, schema), sql, revision)
 
 
 def downgrade(
@@ -190,9 +207,9 @@ def downgrade(
     schema: str | None = None,
     sql: bool = False,
     revision: str = "base",
-) -> None:
+) -> str:
     """Undo the package's revisions down to `revision` (by default: drop the outbox tables)."""
-    _run("downgrade", db_url, Target(table, schema), sql, revision)
+    return _run("downgrade", db_url, Target(table, schema), sql, revision)
 
 
 def _config(t: Target) -> Config:
@@ -205,7 +222,7 @@ def _config(t: Target) -> Config:
     return config
 
 
-def _run(action: str, db_url: str, t: Target, sql: bool, revision: str) -> None:
+def _run(action: str, db_url: str, t: Target, sql: bool, revision: str) -> str:
     url = _parse_url(db_url)
     config = _config(t)
     step = getattr(command, action)
@@ -214,16 +231,19 @@ def _run(action: str, db_url: str, t: Target, sql: bool, revision: str) -> None:
         if action == "downgrade" and ":" not in revision:
             revision = f"heads:{revision}"
         _alembic(lambda: step(config, revision, sql=True), url)
-        return
+        return "printed the SQL"
+    revisions: list[tuple[str, ...]] = []
 
     def migrate(connection: sa.Connection) -> None:
         config.attributes["connection"] = connection
+        revisions.append(_applied(connection, t))
         _alembic(lambda: step(config, revision), url)
+        revisions.append(_applied(connection, t))
 
     if url.get_dialect().is_async:
         # The relay's URL may name an asyncio driver: Alembic itself is synchronous.
         asyncio.run(_run_async(url, migrate))
-        return
+        return _report(t, *revisions)
     engine = _engine(url)
     try:
         try:
@@ -234,6 +254,30 @@ def _run(action: str, db_url: str, t: Target, sql: bool, revision: str) -> None:
             migrate(connection)
     finally:
         engine.dispose()
+    return _report(t, *revisions)
+
+
+def _applied(connection: sa.Connection, t: Target) -> tuple[str, ...]:
+    from alembic.runtime.migration import MigrationContext
+
+    context = MigrationContext.configure(
+        connection, opts={"version_table": t.version_table, "version_table_schema": t.schema}
+    )
+    return tuple(sorted(context.get_current_heads()))
+
+
+def _report(t: Target, before: tuple[str, ...], after: tuple[str, ...]) -> str:
+    """What `outbox migrate` prints: the tables and the revision they are now at."""
+    where = f"{t.schema}." if t.schema else ""
+    tables = ", ".join(f"{where}{name}" for name in t.tables)
+    now = ", ".join(after) or "base (no outbox tables)"
+    if before == after:
+        return f"{tables} already at revision {now}"
+    if not before:
+        return f"created {tables} at revision {now}"
+    if not after:
+        return f"dropped {tables} (was at revision {', '.join(before)})"
+    return f"migrated {tables} from revision {', '.join(before)} to {now}"
 
 
 async def _run_async(url: sa.URL, migrate: Callable[[sa.Connection], None]) -> None:
@@ -276,17 +320,19 @@ def _alembic(call: Callable[[], None], url: sa.URL) -> None:
 
 
 def _parse_url(db_url: str) -> sa.URL:
+    # Same hints as every other command (postgres://, a missing driver and its extra); an
+    # asyncio driver stays (see _run_async), and SQLite creates its file here on purpose.
+    from outbox._urls import SYNC_DRIVERS, resolve_db_url
+    from outbox.config import parse_db_url
+
     try:
-        url = sa.make_url(db_url)
-        url.get_dialect()
-    except sa.exc.NoSuchModuleError:
-        raise ConfigurationError(f"unknown database dialect in URL {mask_url(db_url)}") from None
-    except (sa.exc.ArgumentError, ValueError):
-        # Never echo a URL that could not be parsed: the password cannot be masked.
-        raise ConfigurationError(
-            "malformed database URL: expected dialect+driver://user:password@host:port/database"
-        ) from None
-    return url
+        return resolve_db_url(db_url, allow_async=True, must_exist=False).url
+    except ConfigurationError:
+        driver = parse_db_url(db_url).drivername.partition("+")[2]
+        if driver not in SYNC_DRIVERS:
+            raise
+        # The asyncio driver is not installed here: its synchronous counterpart may be.
+        return resolve_db_url(db_url, must_exist=False).url
 
 
 def _engine(url: sa.URL) -> sa.Engine:

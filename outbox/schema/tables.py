@@ -143,3 +143,53 @@ def build_members_table(metadata: sa.MetaData, table_name: str, schema: str | No
 def notify_channel(table_name: str, schema: str | None) -> str:
     """The PostgreSQL LISTEN/NOTIFY channel that wakes relays of this table (at most 63 bytes)."""
     return f"outbox_{schema}_{table_name}"[:63] if schema else f"outbox_{table_name}"[:63]
+
+
+# -- snapshots of existing rows -------------------------------------------------------------------
+
+#: States of a snapshot row: running (or crashed while running), interrupted (stopped between
+#: chunks, e.g. Ctrl-C), done, cancelled, failed (an error that retries did not clear).
+SNAPSHOT_STATES = ("running", "interrupted", "done", "cancelled", "failed")
+
+
+def snapshot_table_name(table_name: str) -> str:
+    name = f"{table_name}_snapshot"
+    check_identifier(name, "snapshot table name")
+    return name
+
+
+def build_snapshot_table(metadata: sa.MetaData, table_name: str, schema: str | None) -> sa.Table:
+    """Define the table of snapshots (one row each): what is snapshotted and how far it got.
+
+    The cursor is committed in the same transaction as each chunk's events, so it is always
+    exactly the last primary key whose snapshot event exists.
+    """
+    name = snapshot_table_name(table_name)
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("id", sa.String(36), nullable=False),
+        # The mapped class ("module:Class") for display, and its table: the resume lookup key.
+        sa.Column("model", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("target", sa.String(NAME_LENGTH), nullable=False),
+        sa.Column("where_sql", sa.Text(), nullable=True),
+        sa.Column("state", sa.String(12), nullable=False),
+        # JSON lists of primary key values: the last key done, and the largest key at the start.
+        sa.Column("cursor", sa.Text(), nullable=True),
+        sa.Column("max_key", sa.Text(), nullable=True),
+        sa.Column("rows_done", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("chunks", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("total_estimate", sa.BigInteger(), nullable=True),
+        sa.Column("chunk_size", sa.Integer(), nullable=False),
+        # A token per runner: a runner whose token was replaced (a resume elsewhere) stops.
+        sa.Column("owner", sa.String(NAME_LENGTH), nullable=True),
+        # Seconds spent running chunks, summed over every run (the rate excludes pauses).
+        sa.Column("active_seconds", sa.Double(), nullable=False, server_default=sa.text("0")),
+        sa.Column("started_at", TIMESTAMP_TYPE, nullable=False),
+        sa.Column("updated_at", TIMESTAMP_TYPE, nullable=False),
+        sa.Column("finished_at", TIMESTAMP_TYPE, nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=f"pk_{name}"),
+        sa.Index(f"ix_{name}_target", "target", "state"),
+        schema=schema,
+    )

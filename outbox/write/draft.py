@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,11 @@ from outbox._uuid7 import uuid7
 from outbox.errors import ConfigurationError
 from outbox.schema.tables import NAME_LENGTH, TOPIC_LENGTH
 from outbox.write.orm import identity_of, mapper_of, table_name
-from outbox.write.serialization import serialize_headers, serialize_payload
+from outbox.write.serialization import (
+    payload_content_type,
+    serialize_headers,
+    serialize_payload,
+)
 
 _TOPIC = re.compile(rf"^[A-Za-z0-9._-]{{1,{TOPIC_LENGTH}}}$")
 
@@ -107,18 +111,58 @@ def make_draft(
     entity: object | None = None,
 ) -> Draft:
     """Validate and serialize an event now, so that mistakes fail the emitting call."""
-    event_type = check_text(event_type, "event type")
-    user_headers = serialize_headers(headers, event_type)
-    return Draft(
-        id=uuid7(),
-        type=event_type,
-        payload=serialize_payload(payload, event_type, max_bytes),
-        created_at=datetime.now(UTC),
-        key=None if key is None else check_text(key, "key"),
-        topic=check_topic(topic),
-        # User headers win: an explicit traceparent is the caller's choice.
-        headers={**_trace_headers(), **user_headers},
+    [draft] = make_drafts(
+        event_type,
+        [(payload, aggregate_id)],
+        max_bytes=max_bytes,
         aggregate_type=aggregate_type,
-        aggregate_id=aggregate_id,
+        key=key,
+        topic=topic,
+        headers=headers,
         entity=entity,
     )
+    return draft
+
+
+def make_drafts(
+    event_type: str,
+    items: Sequence[tuple[Any, str | None]],
+    *,
+    max_bytes: int | None,
+    aggregate_type: str | None,
+    key: Any,
+    topic: str | None,
+    headers: Mapping[str, str | bytes] | None,
+    entity: object | None = None,
+) -> list[Draft]:
+    """Drafts of one type, topic and headers, one per (payload, aggregate id) in `items`: what
+    they share is validated once (a snapshot chunk makes a thousand at a time)."""
+    event_type = check_text(event_type, "event type")
+    user_headers = serialize_headers(headers, event_type)
+    # User headers win: an explicit traceparent is the caller's choice.
+    shared_headers = {**_trace_headers(), **user_headers}
+    checked_key = None if key is None else check_text(key, "key")
+    checked_topic = check_topic(topic)
+    drafts = []
+    for payload, aggregate_id in items:
+        draft_headers = dict(shared_headers)
+        content_type = payload_content_type(payload)
+        if content_type is not None and not any(n.lower() == "content-type" for n in draft_headers):
+            # Text and bytes say what they are, so consumers (and CloudEvents) do not read them
+            # as JSON; JSON payloads, the common case, carry no header (the relay's default).
+            draft_headers["content-type"] = content_type
+        drafts.append(
+            Draft(
+                id=uuid7(),
+                type=event_type,
+                payload=serialize_payload(payload, event_type, max_bytes),
+                created_at=datetime.now(UTC),
+                key=checked_key,
+                topic=checked_topic,
+                headers=draft_headers,
+                aggregate_type=aggregate_type,
+                aggregate_id=aggregate_id,
+                entity=entity,
+            )
+        )
+    return drafts

@@ -33,14 +33,24 @@ def hooks_for(session: Session) -> SessionHooks | None:
 
 
 def sync_session(session: Any) -> Session:
-    """The sync `Session` behind `session` (itself, or an AsyncSession's ``sync_session``)."""
+    """The sync `Session` behind `session`: itself, an AsyncSession's ``sync_session``, or
+    the current session of a `scoped_session` / `async_scoped_session` registry (Flask-SQLAlchemy's
+    ``db.session`` is one)."""
     if isinstance(session, Session):
         return session
     asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
+    if isinstance(session, scoped_session) or (
+        asyncio_ext is not None and isinstance(session, asyncio_ext.async_scoped_session)
+    ):
+        # Calling the registry returns (creating if needed) the session of this scope: the one
+        # the application's next statement uses.
+        session = session()
+        if isinstance(session, Session):
+            return session
     if asyncio_ext is not None and isinstance(session, asyncio_ext.AsyncSession):
         return cast(Session, session.sync_session)
     raise ConfigurationError(
-        f"expected a Session or AsyncSession, got {type(session).__qualname__}"
+        f"expected a Session, AsyncSession or scoped_session, got {type(session).__qualname__}"
     )
 
 
@@ -102,6 +112,8 @@ class SessionInstaller:
             return target
         asyncio_ext = sys.modules.get("sqlalchemy.ext.asyncio")
         if asyncio_ext is not None:
+            if isinstance(target, asyncio_ext.async_scoped_session):
+                target = target.session_factory
             if isinstance(target, asyncio_ext.async_sessionmaker):
                 given = target.kw.get("sync_session_class")
                 if given is not None and given is not Session:
@@ -116,6 +128,7 @@ class SessionInstaller:
             if isinstance(target, type) and issubclass(target, asyncio_ext.AsyncSession):
                 return cast(type[Session], cast(Any, target).sync_session_class)
         raise ConfigurationError(
-            "install() takes a Session class, a sessionmaker, a scoped_session, an "
+            "install() takes a Session class, a sessionmaker, a scoped_session (or "
+            "async_scoped_session), an "
             f"async_sessionmaker or an AsyncSession class, not {target!r}"
         )

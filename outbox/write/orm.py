@@ -31,6 +31,12 @@ def identity_of(entity: object) -> str | None:
     else:
         # Pending, or inserted by the flush that is running: the key is in the instance dict.
         values = [state.dict.get(mapper.get_property_by_column(c).key) for c in mapper.primary_key]
+    return key_text(values)
+
+
+def key_text(values: Iterable[Any]) -> str | None:
+    """Primary key values as the aggregate id and Kafka key: "a:b" when composite, None when a
+    part is unknown. Every producer of row events (capture, snapshot) spells keys with this."""
     parts = list(values)
     if not parts or any(v is None for v in parts):
         return None

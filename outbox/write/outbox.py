@@ -16,10 +16,11 @@ composed of small collaborators, each in its own module:
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, object_session
@@ -29,6 +30,7 @@ from outbox.schema.tables import (
     build_lease_table,
     build_members_table,
     build_outbox_table,
+    build_snapshot_table,
     notify_channel,
 )
 from outbox.write.buffer import SessionBuffer
@@ -40,6 +42,10 @@ from outbox.write.install import SessionInstaller, describe, hooks_for, sync_ses
 from outbox.write.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 from outbox.write.sqlite import fix_sqlite_transactions
 from outbox.write.writer import OutboxWriter, missing_table_message
+
+if TYPE_CHECKING:
+    from outbox.snapshot.options import Progress, SnapshotOptions, SnapshotResult
+    from outbox.snapshot.runner import SnapshotRunner
 
 __all__ = [
     "CaptureBypassedWarning",
@@ -84,6 +90,7 @@ class Outbox:
         self.table = build_outbox_table(self.metadata, table_name, schema)
         self.lease_table = build_lease_table(self.metadata, table_name, schema)
         self.members_table = build_members_table(self.metadata, table_name, schema)
+        self.snapshot_table = build_snapshot_table(self.metadata, table_name, schema)
         self.table_name = table_name
         self.schema = schema
         # Settings are fixed at construction: the collaborators below hold their own copies.
@@ -119,7 +126,7 @@ class Outbox:
         """Remove the hooks `install` added for `target`. Harmless when not installed."""
         self._installer.uninstall(target)
 
-    def capture(self, *classes: type[Any]) -> None:
+    def capture(self, *classes: type[Any], compacted: bool = False) -> None:
         """Record an event for every ORM insert, update and delete of `classes`.
 
         Event types are ``<table>.created``, ``<table>.updated``, ``<table>.deleted``; topic and
@@ -131,8 +138,76 @@ class Outbox:
         Only the flush is seen: ORM bulk statements (``session.execute(update(...))``,
         ``insert(...)`` with a list of rows, ``bulk_save_objects``) and Core statements bypass it
         and record nothing (bulk statements through a session raise `CaptureBypassedWarning`).
+
+        With ``compacted=True`` the events suit a Kafka compacted topic (the last record per key
+        is the current state): created and updated events carry the full row (unloaded columns
+        are read back), each delete is followed by a tombstone (type ``<table>.tombstone``, a
+        NULL payload: a null Kafka value) and a primary-key change becomes a delete and a
+        tombstone of the old key plus a create of the new one. See docs/DATA-LIBERATION.md.
         """
-        self._capture.add(*classes)
+        self._capture.add(*classes, compacted=compacted)
+
+    def snapshot(
+        self,
+        session_factory: Any,
+        model: type[Any],
+        *,
+        where: Any = None,
+        chunk_size: int = 1000,
+        max_rows_per_second: float | None = None,
+        max_pending: int | None = None,
+        restart: bool = False,
+    ) -> SnapshotResult:
+        """Write a ``<table>.snapshot`` event for every existing row of `model`; run to the end.
+
+        The events have capture's aggregate type, aggregate id, key and topic, the full row as
+        payload and a ``snapshot_id`` header. One short transaction per chunk of `chunk_size`
+        rows in primary key order reads them under shared row locks and commits their events
+        with the snapshot's cursor (table ``<outbox>_snapshot``), so a snapshot that did not
+        finish (crash, Ctrl-C) resumes exactly where it stopped when called again; `restart`
+        abandons it and starts anew. `where` (SQL text or an expression) limits the rows;
+        `max_rows_per_second` caps the rate; while more than `max_pending` events wait for the
+        relay, the snapshot pauses. `session_factory` makes sessions on the model's database.
+
+        `model` must be captured (`capture`) by every writer first. Raises `ConfigurationError`
+        for a model that is not captured or has no primary key, `TableMissingError` without the
+        snapshot table, `SnapshotError` when the snapshot fails or is cancelled.
+        """
+        from outbox.snapshot.options import SnapshotOptions
+
+        options = SnapshotOptions(
+            where=where,
+            chunk_size=chunk_size,
+            max_rows_per_second=max_rows_per_second,
+            max_pending=max_pending,
+            restart=restart,
+        )
+        return self.snapshot_runner(session_factory, model, options).run()
+
+    def snapshot_runner(
+        self,
+        session_factory: Any,
+        model: type[Any],
+        options: SnapshotOptions,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> SnapshotRunner:
+        """The runner `snapshot` uses, for callers that report progress or stop it between
+        chunks (`outbox snapshot run`: a progress bar, Ctrl-C)."""
+        from outbox.snapshot.runner import SnapshotRunner
+        from outbox.snapshot.state import SnapshotState
+
+        return SnapshotRunner(
+            session_factory=session_factory,
+            model=model,
+            writer=self._writer,
+            capture=self._capture,
+            state=SnapshotState(self.snapshot_table, self.table),
+            options=options,
+            on_progress=on_progress,
+            stop=stop,
+        )
 
     def check_table(self, bind: sa.Engine | sa.Connection) -> None:
         """Raise `TableMissingError` unless the outbox table exists with every column we write."""
@@ -163,7 +238,8 @@ class Outbox:
 
         Nothing is sent to the database now: the event is written with the session's next flush
         (if it has ORM changes) or at commit, in the same transaction, and vanishes with a
-        rollback. `session` is a `Session` or `AsyncSession` whose factory was installed.
+        rollback. `session` is a `Session`, `AsyncSession` or `scoped_session` (its current
+        session) whose factory was installed.
 
         Raises `PayloadError` if `payload` or `headers` cannot be serialized or the payload is
         over `max_payload_bytes`; `ConfigurationError` for an invalid type, aggregate, key or

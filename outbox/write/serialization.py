@@ -90,6 +90,21 @@ def serialize_payload(payload: Any, event_type: str, max_bytes: int | None) -> b
     return data
 
 
+#: The media type of a payload that is not JSON, by its kind at emit (JSON needs no header: it is
+#: what the relay's envelopes assume when a row has no ``content-type``).
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+def payload_content_type(payload: Any) -> str | None:
+    """``content-type`` for a str or bytes payload; None for JSON and for a tombstone."""
+    if isinstance(payload, str):
+        return TEXT_CONTENT_TYPE
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return BINARY_CONTENT_TYPE
+    return None
+
+
 def serialize_headers(headers: Mapping[str, str | bytes] | None, event_type: str) -> dict[str, str]:
     """User headers as a dict of text values; bytes values must be UTF-8.
 

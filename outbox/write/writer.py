@@ -38,6 +38,8 @@ INSERTED_COLUMNS = (
     "headers",
     "created_at",
 )
+_PARAMETER_NAMES = {name: f"p_{name}" for name in INSERTED_COLUMNS}
+_NULL = sa.null()  # a singleton: `row_of` puts it where a JSON column must be SQL NULL
 # Bind parameters per inserted row (every column the write side sets).
 _PARAMS_PER_ROW = len(INSERTED_COLUMNS)
 # Rows' payload bytes per INSERT: well under MariaDB's 16 MiB default max_allowed_packet even
@@ -58,6 +60,11 @@ def row_of(draft: Draft) -> dict[str, Any]:
         "headers": draft.headers if draft.headers else sa.null(),
         "created_at": draft.created_at,
     }
+
+
+def _parameters(row: dict[str, Any]) -> dict[str, Any]:
+    """A row's values as the cached statement's bind parameters (`sa.null()` as None)."""
+    return {_PARAMETER_NAMES[k]: (None if v is _NULL else v) for k, v in row.items()}
 
 
 def _rows_per_statement(dialect: sa.Dialect) -> int:
@@ -168,17 +175,19 @@ class OutboxWriter:
             try:
                 if end - start == 1:
                     # One row, the common case: a statement built once, so that SQLAlchemy's
-                    # compiled cache serves it (a multi-row VALUES clause is compiled every
-                    # time). With `notify`, the relays' NOTIFY rides in the same round trip:
-                    # `WITH i AS (INSERT ...) SELECT pg_notify(...)`.
+                    # compiled cache serves it. With `notify`, the relays' NOTIFY rides in the
+                    # same round trip: `WITH i AS (INSERT ...) SELECT pg_notify(...)`.
                     statement = self._notifying_insert if notify else self._one_row_insert
-                    values = {
-                        f"p_{k}": (None if v is sa.null() else v) for k, v in rows[start].items()
-                    }
-                    connection.execute(statement, values)
+                    connection.execute(statement, _parameters(rows[start]))
                     notify = False
                 else:
-                    connection.execute(self.table.insert().values(rows[start:end]))
+                    # Many rows: the same cached statement with a list of parameter sets.
+                    # SQLAlchemy sends them as multi-row VALUES batches ("insertmanyvalues")
+                    # or the driver's executemany, in order; a `.values(rows)` clause would
+                    # be compiled anew every time (most of a 1000-row snapshot chunk's time).
+                    connection.execute(
+                        self._one_row_insert, [_parameters(row) for row in rows[start:end]]
+                    )
             except DBAPIError as exc:
                 if _is_missing_table(exc):
                     raise TableMissingError(missing_table_message(self.table)) from exc

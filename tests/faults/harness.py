@@ -212,6 +212,11 @@ class Writers:
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
 
+    def stop(self, timeout: float = 30) -> None:
+        """End the transactions early (each thread finishes the one it is in)."""
+        self._stop.set()
+        self.join(timeout)
+
     def join(self, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         for thread in self._threads:

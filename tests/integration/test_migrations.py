@@ -29,8 +29,9 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays"}
-HEAD = "0002"
+OUTBOX_TABLES = {"outbox", "outbox_lease", "outbox_relays", "outbox_snapshot"}
+#: The head revision of the package's branch.
+HEAD = "outbox_0004"
 
 
 @contextmanager
@@ -147,13 +148,16 @@ def test_custom_table_in_another_schema_beside_the_default_one(
             "events",
             "events_lease",
             "events_relays",
+            "events_snapshot",
             "alembic_version_events",
         }
         assert "alembic_version_audit" in tables(url)
 
         downgrade(url, table="events", schema=schema)
         assert tables(url, schema) == {"alembic_version_events"}
-        assert OUTBOX_TABLES | {"audit", "audit_lease", "audit_relays"} <= tables(url)
+        assert OUTBOX_TABLES | {"audit", "audit_lease", "audit_relays", "audit_snapshot"} <= tables(
+            url
+        )
     finally:
         with engine_for(url) as engine, engine.begin() as conn:
             if kind == "postgresql":
@@ -268,11 +272,12 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
         "events",
         "events_lease",
         "events_relays",
+        "events_snapshot",
         "alembic_version",
     }
     with engine_for(db_url) as engine, engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert sorted(r[0] for r in rows) == [HEAD, "app_0001"]
+    assert sorted(r[0] for r in rows) == sorted([HEAD, "app_0001"])
 
     # The user's next revision: in their own folder, proposing nothing about the outbox.
     alembic(
@@ -286,7 +291,7 @@ def test_users_own_alembic_environment(db_url: str, tmp_path: Path) -> None:
     alembic(app, db_url, "-x", "outbox_table=events", "upgrade", "heads")
     with engine_for(db_url) as engine, engine.connect() as conn:
         rows = conn.exec_driver_sql("SELECT version_num FROM alembic_version").all()
-    assert sorted(r[0] for r in rows) == [HEAD, "app_0002"]
+    assert sorted(r[0] for r in rows) == sorted([HEAD, "app_0002"])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -300,7 +305,13 @@ def test_cli_migrate_creates_the_tables_and_prints_sql(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/cli.db"
     done = run_cli("--db-url", url, "--table", "events")
     assert done.returncode == 0, done.stderr
-    assert tables(url) == {"events", "events_lease", "events_relays", "alembic_version_events"}
+    assert tables(url) == {
+        "events",
+        "events_lease",
+        "events_relays",
+        "events_snapshot",
+        "alembic_version_events",
+    }
 
     # Offline: SQL only, so an unreachable server is fine.
     sql = run_cli(

@@ -29,3 +29,24 @@ def test_readme_examples_run_in_order(tmp_path: Path) -> None:
         )
         assert result.returncode == 0, f"README example {number} failed:\n{result.stderr}"
     assert (tmp_path / "shop.db").exists()
+
+
+def test_in_memory_publisher_snippet_runs_twice_in_a_row(tmp_path: Path) -> None:
+    """The snippet closes its relay: the next run (the next test) gets the lease at once."""
+    blocks = python_blocks()
+    quickstart = blocks[0]
+    snippet = next(b for b in blocks if "InMemoryPublisher()" in b)
+    for round_ in range(2):
+        for name, block in (("quickstart", quickstart), ("relay", snippet)):
+            script = tmp_path / f"{name}.py"
+            script.write_text(
+                block + "\nprint('published', len(publisher.messages))\n" * (name == "relay")
+            )
+            result = subprocess.run(
+                [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True,
+                timeout=60,
+            )  # fmt: skip
+            assert result.returncode == 0, f"round {round_}, {name}:\n{result.stderr}"
+            if name == "relay":
+                # The quickstart's two events, each round: none held back by a stale lease.
+                assert result.stdout.split() == ["published", "2"], result.stdout

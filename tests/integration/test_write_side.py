@@ -238,9 +238,19 @@ def test_row_contents(world: World) -> None:
             topic="orders.v1",
             headers={"tenant": "acme", "raw": b"bytes"},
         )
-        bare = world.outbox.emit(session, "Bare", b"", aggregate_type="order", aggregate_id="43")
+        bare = world.outbox.emit(session, "Bare", None, aggregate_type="order", aggregate_id="43")
+        empty = world.outbox.emit(session, "Empty", b"", aggregate_type="order", aggregate_id="4")
+        text = world.outbox.emit(session, "Text", "h\u00e9", aggregate_type="o", aggregate_id="5")
+        own = world.outbox.emit(
+            session,
+            "Own",
+            "x",
+            aggregate_type="o",
+            aggregate_id="6",
+            headers={"Content-Type": "a/b"},
+        )
         session.commit()
-    first, second = world.rows()
+    first, second, third, fourth, fifth = world.rows()
     assert (first.id, first.aggregatetype, first.aggregateid, first.type) == (
         full.id,
         "order",
@@ -257,8 +267,21 @@ def test_row_contents(world: World) -> None:
         None,
         None,
         None,
-        b"",
+        None,
     )
+    # Text and bytes say what they are (JSON, the default, needs no header); the caller's wins.
+    assert (third.id, third.payload, third.headers) == (
+        empty.id,
+        b"",
+        {"content-type": "application/octet-stream"},
+    )
+    assert (fourth.id, fourth.payload, fourth.headers) == (
+        text.id,
+        "h\u00e9".encode(),
+        {"content-type": "text/plain; charset=utf-8"},
+    )
+    assert (fifth.id, fifth.headers) == (own.id, {"Content-Type": "a/b"})
+    assert dict(text.headers) == {"content-type": "text/plain; charset=utf-8"}
     assert (first.attempts, first.published_at, first.parked_at) == (0, None, None)
     # A transaction's only event takes the one-row statement: no headers are SQL NULL there
     # too, not the JSON value 'null'.

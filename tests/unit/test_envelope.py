@@ -60,7 +60,24 @@ def test_topic_is_prefix_plus_aggregate_type_and_key_is_aggregate_id() -> None:
     assert message.topic == "shop.order"
     assert message.key == b"o-42"
     assert message.value == b'{"total": 12.50, "items": [1, 2]}'
-    assert message.timestamp_ms is None
+
+
+@pytest.mark.parametrize("envelope", ["plain", "cloudevents", "cloudevents-structured"])
+@pytest.mark.parametrize(
+    "created",
+    [CREATED, CREATED.replace(tzinfo=None), CREATED.astimezone(timezone(timedelta(hours=-5)))],
+)
+def test_record_timestamp_is_created_at(envelope: str, created: datetime) -> None:
+    """Not the send time: polling and Debezium's table.field.event.timestamp agree."""
+    for payload in (b"{}", None):
+        message = make_encoder(config(envelope=envelope))(
+            event(created_at=created, payload=payload)
+        )
+        assert message.timestamp_ms == int(CREATED.timestamp() * 1000) == 1714979289123
+        later = make_encoder(config(envelope=envelope))(
+            event(created_at=created + timedelta(seconds=90), payload=payload)
+        )
+        assert later.timestamp_ms == message.timestamp_ms + 90_000
 
 
 def test_explicit_topic_and_key_win() -> None:
@@ -116,10 +133,31 @@ def test_plain_headers_then_user_headers() -> None:
         ("aggregate_type", b"order"),
         ("aggregate_id", b"o-42"),
         ("created_at", b"2024-05-06T07:08:09.123456Z"),
+        ("content-type", b"application/json"),
         ("traceparent", user["traceparent"].encode()),
         ("x", "\u00e9".encode()),
     ]
     assert all(isinstance(v, bytes) for _, v in message.headers)
+
+
+@pytest.mark.parametrize("with_user_headers", [False, True])
+def test_plain_content_type_by_payload_kind(with_user_headers: bool) -> None:
+    """JSON rows carry none and get application/json; emit stores text/bytes types on the row."""
+    extra = {"x": "1"} if with_user_headers else {}
+    encode = make_encoder(config())
+
+    def content_types(**changes: Any) -> list[bytes]:
+        message = encode(event(**changes))
+        return [v for n, v in message.headers if n.lower() == "content-type"]
+
+    assert content_types(headers=extra or None) == [b"application/json"]
+    assert content_types(headers={**extra, "content-type": "text/plain; charset=utf-8"}) == [
+        b"text/plain; charset=utf-8"
+    ]
+    assert content_types(headers={**extra, "Content-Type": "application/octet-stream"}) == [
+        b"application/octet-stream"
+    ]
+    assert content_types(payload=None, headers=extra or None) == []  # a tombstone has no type
 
 
 def test_rfc3339_is_utc_with_microseconds() -> None:
@@ -280,3 +318,13 @@ def test_structured_value_is_valid_json_for_unusual_text() -> None:
     assert body["source"] == '/a"b'
     assert body["subject"] == "id\\1"
     assert body["data"] == "str"
+
+
+def test_structured_text_payload_is_data_as_a_string() -> None:
+    message = make_encoder(config(envelope="cloudevents-structured"))(
+        event(payload="h\u00e9llo".encode(), headers={"content-type": "text/plain; charset=utf-8"})
+    )
+    assert message.value is not None
+    body = json.loads(message.value)
+    assert (body["data"], body["datacontenttype"]) == ("h\u00e9llo", "text/plain; charset=utf-8")
+    assert "data_base64" not in body

@@ -32,6 +32,8 @@ PUBLIC = {
     "PublishError",
     "Publisher",
     "RelayConfig",
+    "SnapshotError",
+    "SnapshotResult",
     "Status",
     "TableMissingError",
     "fix_sqlite_transactions",
@@ -44,6 +46,7 @@ COMMANDS = {
     "parked": {"drop", "list", "requeue"},
     "purge": set(),
     "relay": set(),
+    "snapshot": {"cancel", "run", "status"},
     "status": set(),
 }
 
@@ -63,10 +66,18 @@ def test_private_modules_are_not_exported() -> None:
 def test_documented_import_paths() -> None:
     from outbox.migrate import include_object_for, run_env, upgrade
     from outbox.relay import Relay
+    from outbox.testing import OutboxRecorder, RecordedEvent, record_events
 
     assert Relay.__name__ == "Relay"
+    assert callable(OutboxRecorder) and callable(RecordedEvent) and callable(record_events)
     assert callable(include_object_for) and callable(run_env) and callable(upgrade)
-    for module in ("outbox.relay", "outbox.write", "outbox.kafka", "outbox.migrate"):
+    for module in (
+        "outbox.relay",
+        "outbox.write",
+        "outbox.kafka",
+        "outbox.migrate",
+        "outbox.testing",
+    ):
         assert importlib.import_module(module).__all__
 
 
@@ -88,3 +99,13 @@ def test_alembic_location_ships_in_the_package() -> None:
     assert VERSION_LOCATION == "outbox:migrations/versions"
     versions = Path(coerce_resource_to_filename(VERSION_LOCATION))
     assert any(p.name.startswith("0001_") for p in versions.iterdir())
+
+
+def test_pytest_plugin_entry_point() -> None:
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    plugins = pyproject["project"]["entry-points"]["pytest11"]
+    assert plugins == {"outbox": "outbox.testing"}
+    plugin = importlib.import_module(plugins["outbox"])
+    assert callable(plugin.outbox_events)

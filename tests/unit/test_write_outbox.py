@@ -41,7 +41,13 @@ def test_defaults_and_tables() -> None:
     assert outbox.table.name == "outbox"
     assert outbox.table.schema is None
     assert outbox.lease_table.name == "outbox_lease"
-    assert set(outbox.metadata.tables) == {"outbox", "outbox_lease", "outbox_relays"}
+    assert outbox.snapshot_table.name == "outbox_snapshot"
+    assert set(outbox.metadata.tables) == {
+        "outbox",
+        "outbox_lease",
+        "outbox_relays",
+        "outbox_snapshot",
+    }
     assert outbox.max_payload_bytes == 1024 * 1024
     custom = Outbox(table_name="events_outbox", schema="app")
     assert custom.table.fullname == "app.events_outbox"
@@ -106,7 +112,9 @@ def test_emit_without_install_says_what_to_do() -> None:
 
 
 def test_emit_rejects_non_sessions() -> None:
-    with pytest.raises(ConfigurationError, match="expected a Session or AsyncSession"):
+    with pytest.raises(
+        ConfigurationError, match="expected a Session, AsyncSession or scoped_session"
+    ):
         emit(Outbox(), object())
 
 

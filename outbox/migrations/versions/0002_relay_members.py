@@ -1,6 +1,6 @@
 """The relays' membership table, and when the lease holder took the lease.
 
-Revision ID: 0002
+Revision ID: outbox_0002
 Revises: outbox_0001
 Create Date: 2026-12-02
 
@@ -18,7 +18,7 @@ from sqlalchemy.dialects import mysql
 
 from outbox.schema.migrate import current_target
 
-revision: str = "0002"
+revision: str = "outbox_0002"
 down_revision: str | Sequence[str] | None = "outbox_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None

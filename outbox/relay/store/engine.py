@@ -3,6 +3,7 @@ are worth retrying, and the database's clock (`db_epoch`) that every lease is me
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import sqlalchemy as sa
@@ -10,8 +11,11 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.expression import FunctionElement
 
-from outbox.config import mask_url, parse_db_url
+from outbox._urls import resolve_db_url
+from outbox.config import mask_url
 from outbox.errors import ConfigurationError
+
+logger = logging.getLogger("outbox.relay")
 
 
 class db_epoch(FunctionElement[float]):
@@ -62,13 +66,18 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
 
 
-def create_relay_engine(db_url: str, pool_size: int = 3) -> sa.Engine:
+def create_relay_engine(db_url: str | sa.URL, pool_size: int = 3) -> sa.Engine:
     """An engine tuned for the relay: short transactions, READ COMMITTED on MySQL/MariaDB
     (REPEATABLE READ would take gap locks that block the application's inserts), WAL and
     `BEGIN IMMEDIATE` for writes on SQLite (a deferred transaction that upgrades to a write
     fails at once with SQLITE_BUSY instead of waiting). `pool_size` 1: one connection, no
-    overflow (the lease keeper's)."""
-    url = parse_db_url(db_url)
+    overflow (the lease keeper's). The application's asyncio URL is used through its
+    synchronous driver (`outbox._urls`). No I/O: a missing SQLite file is reported by
+    `OutboxStore.check_table`, before the first connection would create it."""
+    resolved = resolve_db_url(db_url, must_exist=False)
+    if resolved.note is not None:
+        logger.info("%s", resolved.note)
+    url = resolved.url
     backend = url.get_backend_name()
     kwargs: dict[str, Any] = {
         "pool_size": pool_size,

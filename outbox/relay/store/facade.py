@@ -10,6 +10,7 @@ from collections.abc import Collection, Sequence
 import sqlalchemy as sa
 from sqlalchemy import exc
 
+from outbox._urls import check_sqlite_file
 from outbox.errors import TableMissingError
 from outbox.relay.records import LeaseInfo, Member, ParkedEvent, PendingEvent, Status
 from outbox.relay.store.admin import Admin
@@ -53,7 +54,9 @@ class OutboxStore:
         self.admin = Admin(self.executor, self.table)
 
     @classmethod
-    def from_url(cls, db_url: str, table: str = "outbox", schema: str | None = None) -> OutboxStore:
+    def from_url(
+        cls, db_url: str | sa.URL, table: str = "outbox", schema: str | None = None
+    ) -> OutboxStore:
         return cls(create_relay_engine(db_url), table, schema)
 
     def companion(self) -> OutboxStore | None:
@@ -76,7 +79,9 @@ class OutboxStore:
     # -- checks ----------------------------------------------------------------------------
 
     def check_table(self) -> None:
-        """Raise `TableMissingError` unless the outbox tables exist."""
+        """Raise `TableMissingError` unless the outbox tables exist (a SQLite file that does
+        not exist is not created by looking)."""
+        check_sqlite_file(self.engine.url)
         inspector = sa.inspect(self.engine)
         for table in (self.table, self.lease_table, self.members_table):
             if not inspector.has_table(table.name, schema=table.schema):
