@@ -266,7 +266,7 @@ class KafkaPublisher:
         # a user's own partitioner is left alone.
         choose = PartitionChooser.for_call(producer) if self._own_partitioner else _no_partition
         # Sender wake-ups held back while the batch is handed over (outbox.kafka.wakeup).
-        wakeups = wakeups_of(producer)
+        wakeups = wakeups_of(producer, {message.topic for message in messages})
         wakeups.hold()
         # Everything is handed to the producer before any future is waited on.
         for message in messages:

@@ -13,7 +13,7 @@ before closing a producer, so no wake-up stays held.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -67,10 +67,18 @@ class _NoHook:
         pass
 
 
-def of(producer: Any) -> CoalescedWakeup | _NoHook:
-    """The hook `install` put on `producer` (or one that does nothing)."""
+def of(producer: Any, topics: Iterable[str] = ()) -> CoalescedWakeup | _NoHook:
+    """The hook `install` put on `producer` (or one that does nothing). With `topics`, one that
+    does nothing unless the producer has metadata for every one of them: `send` for a topic
+    without metadata wakes the sender to fetch it and blocks until it arrives, and that
+    wake-up must not be held back."""
     hook = getattr(getattr(producer, "_sender", None), "wakeup", None)
-    return hook if isinstance(hook, CoalescedWakeup) else _NoHook()
+    if not isinstance(hook, CoalescedWakeup):
+        return _NoHook()
+    metadata = getattr(producer, "_metadata", None)
+    if metadata is None or not all(metadata.partitions_for_topic(t) for t in topics):
+        return _NoHook()
+    return hook
 
 
 def install(producer: Any) -> CoalescedWakeup | None:

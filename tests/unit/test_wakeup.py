@@ -51,9 +51,14 @@ def test_install_and_of() -> None:
         def wakeup(self) -> None:
             self.woken += 1
 
+    class Metadata:
+        def partitions_for_topic(self, topic: str) -> set[int] | None:
+            return {0} if topic == "known" else None
+
     class Producer:
         def __init__(self) -> None:
             self._sender = Sender()
+            self._metadata = Metadata()
 
     producer = Producer()
     hook = wakeup.install(producer)
@@ -65,5 +70,8 @@ def test_install_and_of() -> None:
     assert producer._sender.woken == 0
     held.release()
     assert producer._sender.woken == 1
+    # A topic without metadata: send() wakes the sender to fetch it, never held back.
+    assert wakeup.of(producer, {"known"}) is hook
+    assert wakeup.of(producer, {"known", "new"}) is not hook
     assert wakeup.install(object()) is None
     wakeup.of(object()).hold()  # a producer without the hook: nothing to do
