@@ -30,6 +30,7 @@ from bench.common import SCENARIOS, Context, as_json
 
 #: Modules whose import registers scenarios, in run order. Add yours here.
 SCENARIO_MODULES: tuple[str, ...] = (
+    "bench.ceiling",
     "bench.producer",
     "bench.latency",
     "bench.write_path",
@@ -48,9 +49,30 @@ def load_scenarios() -> None:
         importlib.import_module(module)
 
 
+def _commit() -> str:
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    return out.stdout.strip() or "unknown"
+
+
 def versions() -> dict[str, str]:
     found = {}
-    for name in ("sqlalchemy", "kafka-python", "crc32c", "psycopg", "pymysql"):
+    for name in (
+        "sqlalchemy",
+        "kafka-python",
+        "crc32c",
+        "psycopg",
+        "pymysql",
+        "txoutbox",
+        "asyncpg",
+    ):
         try:
             found[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -131,11 +153,15 @@ def main(
         # Each scenario on an empty embedded broker: what one stored does not slow the next.
         with console.status(f"{s.name}: {s.title}"), ctx.fresh_broker():
             began = time.perf_counter()
+            # The machine is shared: the load (1, 5, 15-minute averages) goes with the figures.
+            ctx.fact("load average before", [round(x, 2) for x in os.getloadavg()])
             s.run(ctx)
             ctx.fact("seconds", round(time.perf_counter() - began, 1))
+            ctx.fact("load average after", [round(x, 2) for x in os.getloadavg()])
     console.print(table(ctx))
     meta = {
         "started_at": started.isoformat(),
+        "commit": _commit(),
         "quick": quick,
         "scenarios": [s.name for s in selected],
         "broker": broker_kind,

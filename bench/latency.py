@@ -1,14 +1,18 @@
 """Scenario 3, end-to-end latency: an application commits events at a steady rate while a relay
-(its own process) publishes them and a consumer (a thread) stamps each one on receipt.
+(the shipped `outbox relay` command, its own process) publishes them and a consumer (its own
+process) stamps each one on receipt.
 
-Per database: one event per transaction through an installed `Outbox`, paced at `RATE`
-events/s for `SECONDS`. Two delays per event, from the wall-clock time right after the commit
-returned: to the consumer's receipt, and to the record's timestamp (set by the producer when
-the relay hands it the record, in whole milliseconds). The baseline is kafka-python alone,
-paced the same, from just before `send` to receipt: the broker path no relay can beat.
+One event per transaction, paced at `RATE` events/s. Two delays per event, from the wall-clock
+time right after the commit returned: to the consumer's receipt, and to the record's timestamp
+(set by the producer when the relay hands it the record, in whole milliseconds). Three subjects,
+interleaved round by round, each on a fresh embedded broker so that the broker's slowdown as it
+fills hits them alike: kafka-python alone paced the same (send to receipt: the broker path no
+relay can beat), `outbox relay` on PostgreSQL, and txoutbox on PostgreSQL (its own table and
+NOTIFY trigger, its defaults). The relay's headline is its commit to receipt above kafka-python
+alone's send to receipt in the same round, and its commit to send p99 against txoutbox's.
 
 Wake-up: PostgreSQL uses LISTEN/NOTIFY (the application's transaction notifies at commit);
-MariaDB and SQLite have none, so their relay polls (`bench.relayproc.POLL_INTERVAL`).
+MariaDB and SQLite (full runs only, one round) poll (`bench.relayproc.POLL_INTERVAL`).
 """
 
 from __future__ import annotations
@@ -18,25 +22,31 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from kafka import KafkaProducer
 from sqlalchemy.orm import sessionmaker
 
-from bench import relayproc
-from bench.common import Context, scenario, unique
+from bench import cliproc, peer, relayproc
+from bench.common import Context, interleaved, scenario, unique
 from bench.outboxdb import payload_text
 from outbox.kafka import DEFAULT_PRODUCER_SETTINGS
 from outbox.write.outbox import Outbox
 from tests.support import write_engine
 
-DATABASES = ("postgresql", "mariadb", "sqlite")
 RATE = 500
+ALONE = "kafka-python alone"
+RELAY = "postgresql: outbox relay"
+PEER = "txoutbox"
 WAKE_UP = {
-    "postgresql": "LISTEN/NOTIFY",
-    "mariadb": f"poll every {relayproc.POLL_INTERVAL['mariadb']} s",
-    "sqlite": f"poll every {relayproc.POLL_INTERVAL['sqlite']} s",
+    RELAY: "LISTEN/NOTIFY",
+    PEER: "LISTEN/NOTIFY (its trigger and listener)",
+    "mariadb: outbox relay": f"poll every {relayproc.POLL_INTERVAL['mariadb']} s",
+    "sqlite: outbox relay": f"poll every {relayproc.POLL_INTERVAL['sqlite']} s",
 }
 
 
@@ -61,13 +71,17 @@ class Receiver:
         self.seen = {k: (v[0], v[1]) for k, v in json.loads(out.splitlines()[-1]).items()}
 
 
-def _drained(engine: sa.Engine, table: sa.Table, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with engine.connect() as conn:
-            if not conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one():
-                return
-        time.sleep(0.2)
+def _drained(url: str, table: str, timeout: float) -> None:
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                if conn.exec_driver_sql(f"SELECT min(1) FROM {table}").scalar() is None:
+                    return
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
 
 
 def paced(count: int, action: Any) -> None:
@@ -126,6 +140,7 @@ def kafka_alone(ctx: Context, count: int) -> dict[str, list[float]]:
 
 
 def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]:
+    """The application's ORM transactions through an installed `Outbox`, `outbox relay`."""
     topic = unique(f"bench-latency-{kind}")
     with ctx.database(kind) as url:
         engine = write_engine(url)
@@ -134,12 +149,9 @@ def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]
         factory = sessionmaker(engine)
         outbox.install(factory)
         _create_topic(ctx, topic)
-        receiver = Receiver(ctx.bootstrap_servers, topic)
-        relay = relayproc.start(ctx, url, kind)
-        committed: dict[str, float] = {}
         pad = payload_text()[:240]
 
-        def commit(i: int) -> None:
+        def commit(i: int) -> str:
             with factory.begin() as session:
                 event = outbox.emit(
                     session,
@@ -149,58 +161,154 @@ def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]
                     aggregate_id=f"order-{i % 1000}",
                     topic=topic,
                 )
-            committed[str(event.id)] = time.time()
+            return str(event.id)
 
         try:
-            # Warm up: connections, the relay's first pass, the consumer's first fetches.
-            paced(50, commit)
-            time.sleep(1.0)
-            committed.clear()
-            paced(count, commit)
-            _drained(engine, outbox.table, 60)
-            receiver.finish(2.0)
+            relay = relayproc.start(ctx, url, kind)
+            try:
+                return _measure(ctx, topic, count, commit, kind, relay, url, outbox.table.name)
+            finally:
+                relay.stop()
         finally:
-            relayproc.stop(relay)
             engine.dispose()
-        missing = [k for k in committed if k not in receiver.seen]
-        if missing:
-            raise RuntimeError(f"{len(missing)} of {count} events never arrived ({kind})")
-        return {
-            "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in committed.items()],
-            "send": [receiver.seen[k][1] - t * 1000 for k, t in committed.items()],
-        }
 
 
-@scenario("latency", "End-to-end latency at 500 events/s: commit to receipt, per database")
+def through_txoutbox(ctx: Context, count: int) -> dict[str, list[float]]:
+    """The same events written into txoutbox's table (its trigger NOTIFYs), its relay with
+    LISTEN/NOTIFY, defaults otherwise."""
+    topic = unique("bench-latency-txoutbox")
+    with ctx.database("postgresql") as url:
+        peer.create(url, notify=True)
+        engine = sa.create_engine(url)
+        _create_topic(ctx, topic)
+        pad = payload_text()
+
+        def commit(i: int) -> str:
+            event_id = str(uuid.uuid4())
+            key = f"order-{i % 1000}"
+            with engine.begin() as conn:
+                conn.execute(
+                    peer.INSERT,
+                    {
+                        "topic": topic,
+                        "key": key,
+                        "payload": pad.encode(),
+                        "headers": peer.headers(event_id, key, datetime.now(UTC).isoformat()),
+                    },
+                )
+            return event_id
+
+        try:
+            relay = peer.start(ctx, url, peer.CONFIGS[peer.DEFAULTS], notify=True)
+            try:
+                return _measure(ctx, topic, count, commit, "txoutbox", relay, url, peer.TABLE)
+            finally:
+                relay.stop()
+        finally:
+            engine.dispose()
+
+
+def _measure(
+    ctx: Context,
+    topic: str,
+    count: int,
+    commit: Callable[[int], str],
+    name: str,
+    relay: cliproc.Sidecar,
+    url: str,
+    table: str,
+) -> dict[str, list[float]]:
+    """Commit `count` events at `RATE`; commit-to-receipt and commit-to-send per event."""
+    receiver = Receiver(ctx.bootstrap_servers, topic)
+    committed: dict[str, float] = {}
+
+    def paced_commit(i: int) -> None:
+        event_id = commit(i)
+        committed[event_id] = time.time()
+
+    # Warm up: connections, the relay's first pass, the consumer's first fetches.
+    paced(50, paced_commit)
+    time.sleep(1.0)
+    committed.clear()
+    paced(count, paced_commit)
+    _drained(url, table, 60)
+    receiver.finish(2.0)
+    relay.check_alive()
+    missing = [k for k in committed if k not in receiver.seen]
+    if missing:
+        raise RuntimeError(f"{len(missing)} of {count} events never arrived ({name})")
+    return {
+        "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in committed.items()],
+        "send": [receiver.seen[k][1] - t * 1000 for k, t in committed.items()],
+    }
+
+
+@scenario("latency", "Latency at 500 events/s: outbox relay vs txoutbox vs kafka-python alone")
 def latency(ctx: Context) -> None:
-    seconds = 30 if not ctx.quick else 5
+    seconds = 20 if not ctx.quick else 5
+    rounds = 3 if not ctx.quick else 1
     count = RATE * seconds
     ctx.fact("rate", RATE)
     ctx.fact("seconds", seconds)
+    ctx.fact("rounds", rounds)
     ctx.fact("wake_up", WAKE_UP)
-    # Every subject on an empty embedded broker: the in-memory broker slows down as it fills.
-    with ctx.fresh_broker():
-        base = kafka_alone(ctx, count)
-    # The in-memory broker's send-to-receipt grows as it fills (fetches slow down, produce
-    # acknowledgements do not): the p50 per 5 s of the run shows it.
-    ctx.fact("kafka-python alone: receipt p50 per 5 s (ms)", _p50_by_window(base["receipt"]))
-    base_p = _percentiles(base["receipt"])
-    for p, value in base_p.items():
-        ctx.record(f"kafka-python alone: send to receipt {p}", [value], "ms")
-    for kind in DATABASES:
-        with ctx.fresh_broker():
-            result = through_relay(ctx, kind, count)
-        ctx.fact(f"{kind}: receipt p50 per 5 s (ms)", _p50_by_window(result["receipt"]))
-        receipt = _percentiles(result["receipt"])
-        for p, value in receipt.items():
+    subjects: dict[str, Callable[[], dict[str, list[float]]]] = {
+        ALONE: lambda: kafka_alone(ctx, count),
+        RELAY: lambda: through_relay(ctx, "postgresql", count),
+        PEER: lambda: through_txoutbox(ctx, count),
+    }
+
+    def fresh(run: Callable[[], dict[str, list[float]]]) -> Callable[[], dict[str, list[float]]]:
+        # Every subject on an empty embedded broker: the in-memory broker slows as it fills.
+        def on_fresh_broker() -> dict[str, list[float]]:
+            with ctx.fresh_broker():
+                return run()
+
+        return on_fresh_broker
+
+    samples = interleaved({name: fresh(run) for name, run in subjects.items()}, rounds)
+    if not ctx.quick:
+        for kind in ("mariadb", "sqlite"):
+            samples[f"{kind}: outbox relay"] = [
+                fresh(lambda k=kind: through_relay(ctx, k, count))()
+            ]
+    pct = {name: [_percentiles(r["receipt"]) for r in runs] for name, runs in samples.items()}
+    send = {
+        name: [_percentiles(r["send"]) for r in runs]
+        for name, runs in samples.items()
+        if name != ALONE
+    }
+    for name, runs in samples.items():
+        ctx.fact(f"{name}: receipt p50 per 5 s (ms)", [_p50_by_window(r["receipt"]) for r in runs])
+    for p in ("p50", "p95", "p99"):
+        base = f"{ALONE}: send to receipt {p}"
+        ctx.record(base, [s[p] for s in pct[ALONE]], "ms")
+        for name in samples:
+            if name == ALONE:
+                continue
             ctx.record(
-                f"{kind}: commit to receipt {p}",
-                [value],
+                f"{name}: commit to receipt {p}",
+                [s[p] for s in pct[name]],
                 "ms",
-                baseline=f"kafka-python alone: send to receipt {p}",
-                headline=kind == "postgresql" and p in ("p50", "p99"),
-                note=WAKE_UP[kind],
+                baseline=base,
+                note=WAKE_UP.get(name, ""),
             )
-        send = _percentiles(result["send"])
-        for p in ("p50", "p99"):
-            ctx.record(f"{kind}: commit to send timestamp {p}", [send[p]], "ms", note=WAKE_UP[kind])
+    # Round by round (the same broker age, the same machine minute): the relay's commit to
+    # receipt above kafka-python's own send to receipt.
+    for p in ("p50", "p99"):
+        ctx.record(
+            f"{RELAY}: commit to receipt above kafka-python alone, {p}",
+            [r[p] - a[p] for r, a in zip(pct[RELAY], pct[ALONE], strict=True)],
+            "ms",
+            headline=True,
+        )
+    for p in ("p50", "p99"):
+        for name in send:
+            ctx.record(f"{name}: commit to send {p}", [s[p] for s in send[name]], "ms")
+    ctx.record(
+        f"{RELAY} vs {PEER}: commit to send p99",
+        [r["p99"] / t["p99"] for r, t in zip(send[RELAY], send[PEER], strict=True)],
+        "x",
+        headline=True,
+        note="below 1: the relay is faster",
+    )

@@ -1,15 +1,24 @@
 """Scenario 4, write-path overhead: what emitting an event costs the application's transaction.
 
-Per database, two subjects on the same engine and table, interleaved: ORM transactions that
-insert one row (the baseline), and the same transactions that also emit one event through an
-installed `Outbox` (the event is written in the same transaction; on PostgreSQL it also runs
-the NOTIFY that wakes the relay). No relay runs. Commits per second, one thread.
+Per database, subjects on the same engine and table, interleaved: ORM transactions that insert
+one row, and the same transactions that also emit one event through an installed `Outbox` (the
+event is written in the same transaction; on PostgreSQL it also runs the NOTIFY that wakes the
+relay). On PostgreSQL the baseline is the floor of that design: the same transaction with the
+same outbox statement (captured from the package once, the NOTIFY included) sent by hand on the
+connection's own psycopg cursor, with the parameters an application would build itself (a
+UUID, the JSON payload, the time) and no package or SQLAlchemy code. No relay runs. Commits per
+second, one thread, and the application's CPU per transaction (`time.process_time`): the
+package's client CPU per event is the difference to the floor's.
 """
 
 from __future__ import annotations
 
+import json
 import time
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -32,9 +41,14 @@ class Order(Base):
     status: Mapped[str] = mapped_column(sa.String(40))
 
 
-def _commits(factory: sessionmaker[sa.orm.Session], count: int, outbox: Outbox | None) -> float:
+#: (commits per second, application CPU per transaction in microseconds)
+Sample = tuple[float, float]
+
+
+def _commits(factory: sessionmaker[sa.orm.Session], count: int, outbox: Outbox | None) -> Sample:
     pad = payload_text()[:240]
     started = time.perf_counter()
+    cpu = time.process_time()
     for i in range(count):
         with factory.begin() as session:
             order = Order(status="placed")
@@ -48,7 +62,54 @@ def _commits(factory: sessionmaker[sa.orm.Session], count: int, outbox: Outbox |
                     aggregate_type="order",
                     aggregate_id=f"order-{i % 1000}",
                 )
-    return count / (time.perf_counter() - started)
+    return _sample(count, started, cpu)
+
+
+def _sample(count: int, started: float, cpu: float) -> Sample:
+    return count / (time.perf_counter() - started), (time.process_time() - cpu) / count * 1e6
+
+
+class Captured:
+    """The outbox statement the package sends, captured once from the cursor, and its
+    parameters' names: the floor sends the same text with parameters it builds by hand."""
+
+    def __init__(self, engine: sa.Engine, factory: sessionmaker[sa.orm.Session], outbox: Outbox):
+        seen: list[tuple[str, dict[str, Any]]] = []
+
+        def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+            if f"INSERT INTO {outbox.table.name}" in statement:
+                seen.append((statement, dict(params)))
+
+        sa.event.listen(engine, "before_cursor_execute", capture)
+        try:
+            _commits(factory, 1, outbox)
+        finally:
+            sa.event.remove(engine, "before_cursor_execute", capture)
+        self.sql, self.template = seen[-1]
+        self.names = {name[2:]: name for name in self.template}  # p_<column> -> parameter
+
+
+def _floor_commits(factory: sessionmaker[sa.orm.Session], count: int, insert: Captured) -> Sample:
+    pad = payload_text()[:240]
+    sql, names = insert.sql, insert.names
+    started = time.perf_counter()
+    cpu = time.process_time()
+    for i in range(count):
+        with factory.begin() as session:
+            order = Order(status="placed")
+            session.add(order)
+            session.flush()
+            params = dict(insert.template)
+            params[names["id"]] = uuid.uuid4()
+            params[names["aggregateid"]] = f"order-{i % 1000}"
+            params[names["payload"]] = json.dumps(
+                {"order_id": order.id, "status": "placed", "pad": pad}
+            ).encode()
+            params[names["created_at"]] = datetime.now(UTC)
+            driver = session.connection().connection.driver_connection
+            assert driver is not None
+            driver.cursor().execute(sql, params)
+    return _sample(count, started, cpu)
 
 
 @scenario("write", "Write-path overhead: insert one row vs insert one row + emit one event")
@@ -70,18 +131,38 @@ def write_path(ctx: Context) -> None:
                 _commits(with_events, 50, outbox)
                 base = f"{kind}: insert one row"
                 subject = f"{kind}: insert one row + emit one event"
-                subjects: dict[str, Callable[[], float]] = {
+                floor = f"{kind}: floor, the same INSERT by hand on the psycopg cursor"
+                subjects: dict[str, Callable[[], Sample]] = {
                     base: lambda f=plain: _commits(f, count, None),  # type: ignore[misc]
                     subject: lambda f=with_events, o=outbox: _commits(f, count, o),  # type: ignore[misc]
                 }
+                if kind == "postgresql":
+                    captured = Captured(engine, with_events, outbox)
+                    ctx.fact("floor statement", captured.sql)
+                    _floor_commits(plain, 50, captured)
+                    subjects[floor] = lambda f=plain, c=captured: _floor_commits(f, count, c)  # type: ignore[misc]
                 samples = interleaved(subjects, ctx.repeats)
-                ctx.record(base, samples[base], "commits/s")
-                ctx.record(
-                    subject,
-                    samples[subject],
-                    "commits/s",
-                    baseline=base,
-                    headline=kind == "postgresql",
-                )
+                rates = {name: [r for r, _ in runs] for name, runs in samples.items()}
+                cpu = {name: [c for _, c in runs] for name, runs in samples.items()}
+                ctx.record(base, rates[base], "commits/s")
+                if kind == "postgresql":
+                    ctx.record(floor, rates[floor], "commits/s", baseline=base)
+                ctx.record(subject, rates[subject], "commits/s", baseline=base)
+                if kind == "postgresql":
+                    ctx.record(
+                        f"{subject} vs the floor",
+                        [s / f for s, f in zip(rates[subject], rates[floor], strict=True)],
+                        "x",
+                        headline=True,
+                        note="sample by sample, alternating",
+                    )
+                    for name in (base, floor, subject):
+                        ctx.record(f"{name}: client CPU", cpu[name], "µs/txn")
+                    ctx.record(
+                        f"{kind}: package CPU per event above the floor",
+                        [s - f for s, f in zip(cpu[subject], cpu[floor], strict=True)],
+                        "µs",
+                        headline=True,
+                    )
             finally:
                 engine.dispose()

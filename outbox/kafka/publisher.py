@@ -18,8 +18,10 @@ import outbox.kafka._client as _client
 from outbox.errors import BrokerUnavailableError, ConfigurationError, PublishError
 from outbox.kafka._client import KafkaProducer, kafka_errors
 from outbox.kafka.outcomes import translate
-from outbox.kafka.partitioner import CachedHashPartitioner
+from outbox.kafka.partitioner import CachedHashPartitioner, PartitionChooser
 from outbox.kafka.settings import producer_settings
+from outbox.kafka.wakeup import install as install_wakeup
+from outbox.kafka.wakeup import of as wakeups_of
 from outbox.relay.publisher import Delivery, Message, ResolvedDelivery
 
 log = logging.getLogger("outbox.kafka")
@@ -27,6 +29,7 @@ log = logging.getLogger("outbox.kafka")
 
 def close_producer(producer: Any, timeout: float | None) -> None:
     """Flush for up to `timeout` seconds, then close for sure, dropping what is left."""
+    wakeups_of(producer).release()
     try:
         producer.close(timeout=timeout)
         return
@@ -51,6 +54,10 @@ def abort_producer(producer: Any) -> None:
         producer.close(timeout=0)
     except Exception as exc:
         log.warning("closing the Kafka producer: %s", translate(exc))
+
+
+def _no_partition(topic: str, key: bytes | None) -> None:
+    return None
 
 
 def fail_fast_on_unknown_producer_id(producer: Any) -> None:
@@ -147,6 +154,7 @@ class KafkaPublisher:
         client_id: str | None = None,
     ) -> None:
         self._settings = producer_settings(bootstrap_servers, producer_config, client_id)
+        self._own_partitioner = "partitioner" not in self._settings
         self._bootstrap_servers = bootstrap_servers
         # Looked up on the module, so that a test can pretend the package is missing.
         if not _client.crc32c_available():
@@ -182,6 +190,7 @@ class KafkaPublisher:
             settings = {**self._settings, "kafka_client": tracked_client}
             settings.setdefault("partitioner", CachedHashPartitioner())
             producer = KafkaProducer(**settings)
+            install_wakeup(producer)
             fail_fast_on_unknown_producer_id(producer)
             return producer
         except BaseException:
@@ -253,6 +262,12 @@ class KafkaPublisher:
         # (topic, key) lines whose message failed inside send(): their later messages are not
         # sent (the Publisher contract), so no event overtakes a failed one of its key.
         failed: dict[tuple[str, bytes | None], PublishError] = {}
+        # The partition of a keyed message computed here (a cached hash), not by kafka-python;
+        # a user's own partitioner is left alone.
+        choose = PartitionChooser.for_call(producer) if self._own_partitioner else _no_partition
+        # Sender wake-ups held back while the batch is handed over (outbox.kafka.wakeup).
+        wakeups = wakeups_of(producer, {message.topic for message in messages})
+        wakeups.hold()
         # Everything is handed to the producer before any future is waited on.
         for message in messages:
             if failed and (message.topic, message.key) in failed:
@@ -267,7 +282,7 @@ class KafkaPublisher:
                         message.value,
                         message.key,
                         (headers if type(headers) is list else list(headers)) if headers else None,
-                        None,
+                        choose(message.topic, message.key),
                         message.timestamp_ms,
                     )
                 )
@@ -275,6 +290,7 @@ class KafkaPublisher:
                 error = errors[len(futures)] = self._failed_sync(exc)
                 failed[(message.topic, message.key)] = error
                 append(None)
+        wakeups.release()
         return KafkaDelivery(futures, errors, self)
 
     def _failed_sync(self, exc: BaseException) -> PublishError:

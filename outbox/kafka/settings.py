@@ -19,6 +19,10 @@ DEFAULT_PRODUCER_SETTINGS: Mapping[str, Any] = {
     # No linger: an idle relay sends a new event at once (latency); under load batches still
     # form while the sender thread is busy.
     "linger_ms": 0,
+    # Batches up to 256 KiB per partition: a backlog leaves in few large produce requests (the
+    # library's 16 KiB caps a drain at about 0.6 of what one kafka-python process sends here,
+    # bench/ceiling.py); a trickle's batch holds what is there, so it costs nothing at low rates.
+    "batch_size": 262144,
     # send() blocks for metadata or buffer space; an outage must not stall the relay for the
     # library's default of 60 s, so the failure surfaces as a retriable outcome quickly.
     "max_block_ms": 5000,
