@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from outbox.errors import ConfigurationError
 from outbox.inbox.observer import InboxObserver
+from outbox.ops.exposition import Exposition
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -34,15 +34,9 @@ class InboxPrometheusObserver(InboxObserver):
     """Counts what the inbox runner reports; `render` gives the exposition for ``/metrics``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            raise ConfigurationError(
-                "metrics need prometheus-client: install sqlalchemy-outbox[metrics]"
-            ) from None
-        self.registry = prom.CollectorRegistry() if registry is None else registry
-        self._generate = prom.generate_latest
-        self._content_type: str = prom.CONTENT_TYPE_LATEST
+        self._exposition = Exposition(registry)
+        prom = self._exposition.prom
+        self.registry = self._exposition.registry
         r = self.registry
         self.applied_total = prom.Counter(
             "outbox_inbox_events_applied",
@@ -105,4 +99,4 @@ class InboxPrometheusObserver(InboxObserver):
         self.up.labels(component).set(1 if up else 0)
 
     def render(self) -> tuple[bytes, str]:
-        return self._generate(self.registry), self._content_type
+        return self._exposition.render()

@@ -1,8 +1,8 @@
 """Prometheus metrics for the relay, as a `RelayObserver`.
 
-prometheus-client is an optional extra (``sqlalchemy-outbox[metrics]``); it is imported here
-only. Each observer owns a registry (not the process-global one), so that several relays in one
-process, and tests, never collide. Labels carry topics and kinds, never event ids.
+prometheus-client is an optional extra (``sqlalchemy-outbox[metrics]``), imported by
+`ops.exposition` only, where each observer gets a registry of its own. Labels carry topics and
+kinds, never event ids.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from outbox.errors import ConfigurationError
+from outbox.ops.exposition import Exposition
 from outbox.relay.observer import RelayObserver
 
 if TYPE_CHECKING:
@@ -46,15 +46,9 @@ class PrometheusObserver(RelayObserver):
     """Counts what the relay reports; `render` gives the exposition for ``/metrics``."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        try:
-            import prometheus_client as prom
-        except ImportError:
-            raise ConfigurationError(
-                "metrics need prometheus-client: install sqlalchemy-outbox[metrics]"
-            ) from None
-        self.registry = prom.CollectorRegistry() if registry is None else registry
-        self._generate = prom.generate_latest
-        self._content_type: str = prom.CONTENT_TYPE_LATEST
+        self._exposition = Exposition(registry)
+        prom = self._exposition.prom
+        self.registry = self._exposition.registry
         r = self.registry
         self.published_total = prom.Counter(
             "outbox_events_published", "Events acknowledged by the broker.", ["topic"], registry=r
@@ -165,4 +159,4 @@ class PrometheusObserver(RelayObserver):
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition of this observer's registry and its content type."""
-        return self._generate(self.registry), self._content_type
+        return self._exposition.render()
