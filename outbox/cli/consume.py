@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from outbox.cli._options import CONTEXT, LOG_LEVELS, producer_settings_option
+from outbox.cli._options import CONTEXT, LOG_LEVELS, handling_signals, producer_settings_option
 from outbox.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -237,9 +237,5 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
         logger.info("%s received: finishing the record in flight", name)
         stop.set()
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with handling_signals(handle):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

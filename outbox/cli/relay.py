@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from sqlalchemy.exc import DBAPIError
 
-from outbox.cli._options import LOG_LEVELS, producer_settings_option
+from outbox.cli._options import LOG_LEVELS, handling_signals, producer_settings_option
 from outbox.config import ENVELOPES, RelayConfig
 
 if TYPE_CHECKING:
@@ -347,9 +347,5 @@ def _stop_on_signals(the_relay: Relay, shutdown_timeout: float) -> Iterator[None
         timer.daemon = True
         timer.start()
 
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+    with handling_signals(handle):
         yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
