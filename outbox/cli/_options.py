@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
 import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
@@ -129,3 +132,28 @@ def handling_signals(handle: Callable[[int, FrameType | None], Any]) -> Iterator
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def load_object(path: str, what: str) -> Any:
+    """The object `package.module:name` names; `ConfigurationError` with one line otherwise."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"{what} {path!r} is not package.module:name")
+    # Like `python -m`: the current directory's modules can be named.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {what} {path!r}: {exc}") from None
+    except Exception as exc:  # the user's module failed while importing
+        raise ConfigurationError(
+            f"importing {what} {path!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    obj = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigurationError(f"{what} {path!r}: {module_name} has no {attribute}") from None
+    return obj

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from outbox.cli._options import CONTEXT, LOG_LEVELS, handling_signals, producer_settings_option
+from outbox.cli._options import (
+    CONTEXT,
+    LOG_LEVELS,
+    handling_signals,
+    load_object,
+    producer_settings_option,
+)
 from outbox.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -34,25 +38,7 @@ def load_app(spec: str) -> Inbox:
     """The `Inbox` named by ``package.module:attribute``; a `ConfigurationError` otherwise."""
     from outbox.inbox import Inbox
 
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"--app {spec!r} is not package.module:attribute")
-    if os.getcwd() not in sys.path:
-        # Like uvicorn and celery: the application's package is found from where it runs.
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ConfigurationError:
-        raise
-    except Exception as exc:  # the application's own import failed: say so in one line
-        raise ConfigurationError(
-            f"--app {spec!r}: cannot import {module_name}: {type(exc).__name__}: {exc}"
-        ) from None
-    found: Any = module
-    for part in attribute.split("."):
-        if not hasattr(found, part):
-            raise ConfigurationError(f"--app {spec!r}: {module_name} has no {attribute}")
-        found = getattr(found, part)
+    found = load_object(spec, "--app")
     if not isinstance(found, Inbox):
         raise ConfigurationError(f"--app {spec!r} is a {type(found).__name__}, not an outbox.Inbox")
     return found

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 import signal
 import sys
 import threading
@@ -14,38 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from outbox.cli._options import db_options, make_console
+from outbox.cli._options import db_options, load_object, make_console
 from outbox.errors import ConfigurationError, TableMissingError
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from outbox.snapshot.state import SnapshotInfo, SnapshotState
-
-
-def load_object(path: str, what: str) -> Any:
-    """The object `package.module:name` names; `ConfigurationError` with one line otherwise."""
-    module_name, sep, attribute = path.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigurationError(f"{what} {path!r} is not package.module:name")
-    # Like `python -m`: the current directory's modules can be named.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigurationError(f"cannot import {what} {path!r}: {exc}") from None
-    except Exception as exc:  # the user's module failed while importing
-        raise ConfigurationError(
-            f"importing {what} {path!r} failed: {type(exc).__name__}: {exc}"
-        ) from None
-    obj = module
-    for part in attribute.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise ConfigurationError(f"{what} {path!r}: {module_name} has no {attribute}") from None
-    return obj
 
 
 def _engine(db_url: str) -> sa.Engine:

@@ -207,9 +207,9 @@ def test_purge_deletes_only_old_rows_below_the_stored_offset(sqlite_url: str) ->
 
 def test_bad_input_is_one_line_and_a_non_zero_exit(sqlite_url: str, kafka: str) -> None:
     cases = [
-        (["--app", "no_such_module:inbox"], "cannot import no_such_module"),
+        (["--app", "no_such_module:inbox"], "cannot import --app 'no_such_module:inbox'"),
         (["--app", "tests.inbox_app:not_an_inbox"], "not an outbox.Inbox"),
-        (["--app", "tests.inbox_app"], "is not package.module:attribute"),
+        (["--app", "tests.inbox_app"], "is not package.module:name"),
         (["--app", "tests.inbox_app:inbox"], "does not exist: run `outbox migrate`"),
     ]
     for args, message in cases:
