@@ -102,7 +102,8 @@ def test_flask_sqlalchemy(
     out = run_recipe("flask", pg_url, tmp_path)
     assert out.startswith("201 "), out
     events = relay_events(pg_url, kafka, ["orders", "invoices"], 2, relays)
-    assert events == [
+    # Two topics: a consumer sees them interleaved in any order (order holds per key).
+    assert sorted(events, key=repr) == [
         ("invoices", "InvoiceRequested", {"total": "9.90"}),
         ("orders", "OrderPlaced", {"total": "9.90"}),
     ]
