@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -22,19 +23,21 @@ if TYPE_CHECKING:
 
 
 def _engine(db_url: str) -> sa.Engine:
+    """The application's database, by the URL rules every command follows (`outbox._urls`:
+    an asyncio URL through its sync driver, a missing driver named with its extra)."""
     import sqlalchemy as sa
 
-    from outbox.config import parse_db_url
+    from outbox._urls import resolve_db_url
 
-    url = parse_db_url(db_url)
+    resolved = resolve_db_url(db_url, must_exist=False)
+    if resolved.note is not None:
+        logging.getLogger("outbox.snapshot").info("%s", resolved.note)
+    url = resolved.url
     # SQLite: wait for the application's write lock instead of failing at once.
     kwargs: dict[str, Any] = (
         {"connect_args": {"timeout": 30}} if url.get_backend_name() == "sqlite" else {}
     )
-    try:
-        return sa.create_engine(url, **kwargs)
-    except ImportError as exc:
-        raise ConfigurationError(f"the database driver is not installed ({exc.name})") from None
+    return sa.create_engine(url, **kwargs)
 
 
 @contextmanager
