@@ -1,8 +1,9 @@
 """Applying one record, or one parked row, in one transaction; parking what keeps failing.
 
-The transaction, on the handler's session: the fence first (the stored offset advances only
-under this consumer's generation, and the partition's row is locked against a new owner's
-claim), then the dedup check and row, then the handlers' writes. Transient database errors
+The transaction, on the handler's session: the record enters first (`InboxStore.enter`: the
+stored offset advances only under this consumer's generation, which locks the partition's row
+against a new owner's claim, and the dedup row is inserted unless the event id has one), then
+the handlers' writes. Transient database errors
 (outage, deadlock, serialization failure) roll back and retry in place with jittered backoff
 and count no attempt; the runner's `wait` keeps polling Kafka meanwhile. A handler that raises
 is run again up to `handler_attempts` times, then the record is parked and later records of
@@ -98,12 +99,18 @@ class Applier:
             return
         blocked = (part[0], part[1], event.key)
         if event.key is not None and blocked in self.blocked:
-            outcome = self._tx(part, generation, record.offset + 1, event, self._hold(record))
+            hold = self._hold(generation, record)
+            outcome = self._tx(part, generation, record.offset + 1, event, hold, entered=True)
             self.report(outcome, event, 0.0)
             return
         started = time.perf_counter()
         outcome, failure = self._attempts(
-            part, generation, record.offset + 1, event, self._apply(record)
+            part,
+            generation,
+            record.offset + 1,
+            event,
+            self._apply(generation, record),
+            entered=True,
         )
         if failure is None:
             self.report(outcome, event, time.perf_counter() - started)
@@ -118,22 +125,23 @@ class Applier:
             self._config.handler_attempts,
         )
 
-    def _apply(self, record: Record) -> Work:
+    # Each work below enters the record itself (fence and dedup row in one step), so `_tx` is
+    # told `entered=True` and does not fence again. The dedup row comes before the handlers'
+    # writes: a concurrent copy then waits on its key.
+
+    def _apply(self, generation: int, record: Record) -> Work:
         def work(session: Session, event: InboxEvent) -> str:
-            if self._store.seen(session, event.id):
+            if not self._store.enter(session, generation, event.id, record, DONE):
                 return "duplicate"
-            # The dedup row first: a concurrent copy then waits on its key, and fails it.
-            self._store.record(session, event.id, record, DONE)
             self.call(session, event)
             return "applied"
 
         return work
 
-    def _hold(self, record: Record) -> Work:
+    def _hold(self, generation: int, record: Record) -> Work:
         def work(session: Session, event: InboxEvent) -> str:
-            if self._store.seen(session, event.id):
+            if not self._store.enter(session, generation, event.id, record, HELD):
                 return "duplicate"
-            self._store.record(session, event.id, record, HELD)
             self._store.park(session, event.id, event.type, record, HELD, None, 0)
             return "held"
 
@@ -149,15 +157,17 @@ class Applier:
         error: str,
         attempts: int,
     ) -> None:
+        undecodable = event_id.startswith("undecodable:")
+
         def work(session: Session, _event: InboxEvent | None) -> str:
-            if not event_id.startswith("undecodable:"):
-                if self._store.seen(session, event_id):
-                    return "duplicate"
-                self._store.record(session, event_id, record, PARKED)
+            if undecodable:  # no dedup row (its id is a position): only the fence
+                self._store.fence(session, part[0], part[1], generation, record.offset + 1)
+            elif not self._store.enter(session, generation, event_id, record, PARKED):
+                return "duplicate"
             self._store.park(session, event_id, event_type, record, PARKED, error, attempts)
             return "parked"
 
-        outcome = self._tx(part, generation, record.offset + 1, None, work)  # type: ignore[arg-type]
+        outcome = self._tx(part, generation, record.offset + 1, None, work, entered=True)  # type: ignore[arg-type]
         if outcome == "parked":
             key = None if record.key is None else record.key.decode("utf-8", "replace")
             if key is not None:
@@ -181,14 +191,15 @@ class Applier:
         next_offset: int | None,
         event: InboxEvent,
         work: Work,
+        *,
+        entered: bool,
     ) -> tuple[str, BaseException | None]:
         """Run `work` up to `handler_attempts` times; (outcome, None) or ("", last error)."""
         last: BaseException | None = None
         for attempt in range(1, self._config.handler_attempts + 1):
             try:
-                outcome = self._tx(
-                    part, generation, next_offset, dataclasses.replace(event, attempt=attempt), work
-                )
+                again = dataclasses.replace(event, attempt=attempt)
+                outcome = self._tx(part, generation, next_offset, again, work, entered=entered)
                 return outcome, None
             except HandlerFailed as failed:
                 last = failed
@@ -209,17 +220,21 @@ class Applier:
         next_offset: int | None,
         event: InboxEvent,
         work: Work,
+        *,
+        entered: bool,
     ) -> str:
-        """One transaction: fence, then `work`; transient errors retried in place."""
+        """One transaction: `work`, after the fence unless `work` enters the record itself;
+        transient errors retried in place."""
 
         def once() -> str:
             while True:
                 try:
                     with self._factory() as session, session.begin():
-                        self._store.fence(session, part[0], part[1], generation, next_offset)
+                        if not entered:
+                            self._store.fence(session, part[0], part[1], generation, next_offset)
                         return work(session, event)
                 except DuplicateRace:
-                    continue  # the copy committed: the SELECT of the next run sees it
+                    continue  # the copy committed: the next run's NOT EXISTS sees it
 
         outcome = self.transient(once)
         if next_offset is not None:
@@ -297,7 +312,7 @@ class Applier:
             return "applied"
 
         started = time.perf_counter()
-        outcome, failure = self._attempts(part, generation, None, event, work)
+        outcome, failure = self._attempts(part, generation, None, event, work, entered=False)
         if failure is None:
             log.info("applied %s %s event %s", row.state, event.type, event.id)
             self.report(outcome, event, time.perf_counter() - started)

@@ -1,15 +1,20 @@
 """All of the inbox's SQL: dedup records, fenced offsets, parked and held events.
 
 Every statement of the apply path runs on the handler's session, inside the one transaction
-that also carries the handler's writes. Duplicates are found by a SELECT of (consumer,
-event_id); a concurrent copy that slips past it fails the primary key, and only the
-`IntegrityError` class of that one INSERT is looked at (never its text, never INSERT IGNORE):
-the caller rolls back and runs the record again, and the SELECT then sees the copy.
+that also carries the handler's writes. A record enters with `enter`: the fenced offset update
+and the dedup row, in one statement on PostgreSQL (a data-modifying CTE; its
+``ON CONFLICT DO NOTHING`` waits for a concurrent copy and then skips it), in two elsewhere (the
+UPDATE, then an ``INSERT ... SELECT ... WHERE NOT EXISTS``). Either way the database tells
+whether the row was new: its count, never an error's text, never INSERT IGNORE. A concurrent
+copy that slips past the NOT EXISTS fails the primary key, and only the `IntegrityError`
+class of that one INSERT is looked at: the caller rolls back and runs the record again, and
+the next try sees the copy.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from outbox.inbox.decode import Record
@@ -26,6 +32,10 @@ from outbox.schema.tables import build_inbox_tables
 # Dedup statuses; parked-table states.
 DONE, HELD, PARKED, DROPPED = "done", "held", "parked", "dropped"
 REQUEUED = "requeued"
+
+
+_DEDUP_PARAMS = ("consumer", "event_id", "topic", "partition", "offset", "status")
+_DEDUP_COLUMNS = [*_DEDUP_PARAMS, "received_at"]
 
 
 class Fenced(Exception):
@@ -112,22 +122,94 @@ class InboxStore:
         """Store the next offset (or only touch the row) if `generation` is still the current
         claim; else raise `Fenced`. Run first in a transaction, it also locks the partition's
         row, so a new owner's claim waits for this transaction."""
-        o = self.offsets
-        values: dict[str, Any] = {"updated_at": _now()}
-        if next_offset is not None:
-            values["next_offset"] = next_offset
-        result = session.execute(
-            o.update()
-            .where(
-                (o.c.consumer == self.consumer)
-                & (o.c.topic == topic)
-                & (o.c.partition == partition)
-                & (o.c.generation == generation)
-            )
-            .values(**values)
-        )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
+        statement = self._touch if next_offset is None else self._fence
+        params = self._params(topic, partition, generation, next_offset=next_offset)
+        if session.connection().execute(statement, params).rowcount == 0:
             raise Fenced(f"{topic}[{partition}] was claimed by a newer consumer")
+
+    def enter(
+        self, session: Session, generation: int, event_id: str, record: Record, status: str
+    ) -> bool:
+        """Fence (store the offset after `record` under `generation`, else `Fenced`) and insert
+        the dedup row of `event_id`; False when the id already has one (a duplicate), and
+        `DuplicateRace` when a concurrent copy inserted it first (not on PostgreSQL)."""
+        conn = session.connection()
+        params = self._params(
+            record.topic, record.partition, generation, next_offset=record.offset + 1,
+            event_id=event_id, offset=record.offset, status=status,
+        )  # fmt: skip
+        if conn.dialect.name == "postgresql":
+            current, fresh = conn.execute(self._pg_enter, params).one()
+            if not current:
+                raise Fenced(f"{record.topic}[{record.partition}] was claimed by a newer consumer")
+            return bool(fresh)
+        if conn.execute(self._fence, params).rowcount == 0:
+            raise Fenced(f"{record.topic}[{record.partition}] was claimed by a newer consumer")
+        try:
+            return bool(conn.execute(self._insert_new, params).rowcount)
+        except exc.IntegrityError:
+            raise DuplicateRace(event_id) from None
+
+    def _params(self, topic: str, partition: int, generation: int, **more: Any) -> dict[str, Any]:
+        """The bound parameters of the statements below (``p_``: never a column's own name,
+        which an UPDATE would take for a SET value)."""
+        values = {"consumer": self.consumer, "topic": topic, "partition": partition,
+                  "generation": generation, "now": _now(), **more}  # fmt: skip
+        return {f"p_{name}": value for name, value in values.items()}
+
+    # The statements of the apply path, built once with bound parameters: SQLAlchemy's compiled
+    # cache then serves them (building one per record cost more than its round trip).
+
+    def _fence_update(self) -> sa.Update:
+        o, b = self.offsets, sa.bindparam
+        return o.update().where(
+            (o.c.consumer == b("p_consumer"))
+            & (o.c.topic == b("p_topic"))
+            & (o.c.partition == b("p_partition"))
+            & (o.c.generation == b("p_generation"))
+        )
+
+    @functools.cached_property
+    def _fence(self) -> sa.Update:
+        b = sa.bindparam
+        return self._fence_update().values(next_offset=b("p_next_offset"), updated_at=b("p_now"))
+
+    @functools.cached_property
+    def _touch(self) -> sa.Update:
+        return self._fence_update().values(updated_at=sa.bindparam("p_now"))
+
+    def _dedup_source(self) -> sa.Select[Any]:
+        d = self.dedup
+        return sa.select(
+            *(sa.bindparam(f"p_{name}", type_=d.c[name].type) for name in _DEDUP_PARAMS),
+            sa.bindparam("p_now", type_=d.c.received_at.type),
+        )
+
+    @functools.cached_property
+    def _insert_new(self) -> sa.Insert:
+        d, b = self.dedup, sa.bindparam
+        exists = sa.exists().where(
+            (d.c.consumer == b("p_consumer")) & (d.c.event_id == b("p_event_id"))
+        )
+        return d.insert().from_select(_DEDUP_COLUMNS, self._dedup_source().where(~exists))
+
+    @functools.cached_property
+    def _pg_enter(self) -> sa.Select[Any]:
+        d, o = self.dedup, self.offsets
+        fence = self._fence.returning(o.c.generation).cte("fence")
+        source = self._dedup_source().where(sa.exists(sa.select(fence.c.generation)))
+        entered = (
+            postgresql.insert(d)
+            .from_select(_DEDUP_COLUMNS, source)
+            .on_conflict_do_nothing(index_elements=[d.c.consumer, d.c.event_id])
+            .returning(d.c.event_id)
+            .cte("entered")
+        )
+        count = sa.func.count
+        return sa.select(
+            sa.select(count()).select_from(fence).scalar_subquery(),
+            sa.select(count()).select_from(entered).scalar_subquery(),
+        )
 
     # -- dedup -----------------------------------------------------------------------------
 

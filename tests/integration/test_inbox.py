@@ -92,6 +92,36 @@ def _next_offsets(url: str) -> int:
 # -- 5 (fence). a consumer that lost a partition cannot commit for it ---------------------------
 
 
+def test_enter_fences_and_dedups_in_one_step(db_url: str) -> None:
+    """The apply path's `enter`: fresh id -> True and the offset stored; the same id again (at a
+    new offset) -> False, offset still advanced; an older generation -> Fenced, nothing kept."""
+    engine = prepare_db(db_url)
+    store = InboxStore("billing")
+    factory = sessionmaker(engine)
+    with factory() as s, s.begin():
+        old, _ = store.claim(s, "t", 0, "first")
+    with factory() as s, s.begin():
+        assert store.enter(s, old, "e1", _record("e1", 3), "done") is True
+    with factory() as s, s.begin():
+        assert store.enter(s, old, "e1", _record("e1", 7), "done") is False
+        assert store.seen(s, "e1")
+    with factory() as s, s.begin():
+        new, start = store.claim(s, "t", 0, "second")
+    assert (new, start) == (old + 1, 8)
+    with pytest.raises(Fenced), factory() as s, s.begin():
+        s.execute(effects.insert().values(event_id="e2", key="k", seq=0, attempt=1))
+        store.enter(s, old, "e2", _record("e2", 8), "done")
+    assert effect_rows(db_url) == []
+    with factory() as s, s.begin():
+        assert not store.seen(s, "e2")
+        assert store.enter(s, new, "e2", _record("e2", 8), "done") is True
+        # Another consumer's namespace is separate.
+        other = InboxStore("shipping")
+        generation, _ = other.claim(s, "t", 0, "third")
+        assert other.enter(s, generation, "e2", _record("e2", 8), "done") is True
+    engine.dispose()
+
+
 def test_an_older_generation_cannot_commit(db_url: str) -> None:
     engine = prepare_db(db_url)
     factory = sessionmaker(engine)
