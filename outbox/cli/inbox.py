@@ -13,7 +13,8 @@ import sqlalchemy as sa
 
 from outbox.cli._options import CONTEXT, duration_option, make_console
 from outbox.errors import ConfigurationError, TableMissingError
-from outbox.inbox.store import InboxStore, ParkedRow, consumers, partition_status
+from outbox.inbox.status import consumers, partition_status
+from outbox.inbox.store import InboxStore, ParkedRow
 
 
 def _options(func: Any) -> Any:
