@@ -41,6 +41,10 @@ _DEDUP_COLUMNS = [*_DEDUP_PARAMS, "received_at"]
 class Fenced(Exception):
     """A newer claim of the partition exists: this consumer must not commit for it."""
 
+    @classmethod
+    def of(cls, topic: str, partition: int) -> Fenced:
+        return cls(f"{topic}[{partition}] was claimed by a newer consumer")
+
 
 class DuplicateRace(Exception):
     """The dedup INSERT hit the primary key: a concurrent copy committed first. Roll back and
@@ -125,7 +129,7 @@ class InboxStore:
         statement = self._touch if next_offset is None else self._fence
         params = self._params(topic, partition, generation, next_offset=next_offset)
         if session.connection().execute(statement, params).rowcount == 0:
-            raise Fenced(f"{topic}[{partition}] was claimed by a newer consumer")
+            raise Fenced.of(topic, partition)
 
     def enter(
         self, session: Session, generation: int, event_id: str, record: Record, status: str
@@ -141,10 +145,10 @@ class InboxStore:
         if conn.dialect.name == "postgresql":
             current, fresh = conn.execute(self._pg_enter, params).one()
             if not current:
-                raise Fenced(f"{record.topic}[{record.partition}] was claimed by a newer consumer")
+                raise Fenced.of(record.topic, record.partition)
             return bool(fresh)
         if conn.execute(self._fence, params).rowcount == 0:
-            raise Fenced(f"{record.topic}[{record.partition}] was claimed by a newer consumer")
+            raise Fenced.of(record.topic, record.partition)
         try:
             return bool(conn.execute(self._insert_new, params).rowcount)
         except exc.IntegrityError:
