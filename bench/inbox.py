@@ -1,13 +1,13 @@
 """Scenario: the inbox's applied events per second against a hand-written floor, same run.
 
 Subject: the shipped ``outbox consume`` running `bench.inbox_app` (a handler that inserts one
-row), so each record costs the fence, the dedup SELECT and INSERT, the handler's row and the
-commit. Floor: kafka-python's consumer reading the same topic and inserting the same row by
-hand, one transaction per record, no dedup, no offsets in the database (what a team would write
-without the inbox, and what loses or doubles effects on a crash). A second reference adds, by
-hand, the one statement exactly-once needs (the fenced offset and the dedup row, as a
-PostgreSQL CTE): the ratio between the two floors is what the database charges for the
-guarantee, and the subject's distance from the second is the package's own cost. The
+row), so each record costs the fenced offset and the dedup row (one statement on PostgreSQL),
+the handler's row and the commit. Floor: kafka-python's consumer reading the same topic and
+inserting the same row by hand, one transaction per record, no dedup, no offsets in the database
+(what a team would write without the inbox, and what loses or doubles effects on a crash). A
+second reference adds, by hand, the one statement exactly-once needs (the fenced offset and the
+dedup row, as a PostgreSQL CTE): the ratio between the two floors is what the database charges
+for the guarantee, and the subject's distance from the second is the package's own cost. The
 batched subject is the same command with ``batch_size=100``. Each runs as its own process on
 PostgreSQL; the rate is taken between the first and the last inserted row, so start-up and the
 group join are not counted.

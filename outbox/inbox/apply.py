@@ -100,17 +100,12 @@ class Applier:
         blocked = (part[0], part[1], event.key)
         if event.key is not None and blocked in self.blocked:
             hold = self._hold(generation, record)
-            outcome = self._tx(part, generation, record.offset + 1, event, hold, entered=True)
+            outcome = self._tx(part, record.offset + 1, event, hold)
             self.report(outcome, event, 0.0)
             return
         started = time.perf_counter()
         outcome, failure = self._attempts(
-            part,
-            generation,
-            record.offset + 1,
-            event,
-            self._apply(generation, record),
-            entered=True,
+            part, record.offset + 1, event, self._apply(generation, record)
         )
         if failure is None:
             self.report(outcome, event, time.perf_counter() - started)
@@ -125,9 +120,8 @@ class Applier:
             self._config.handler_attempts,
         )
 
-    # Each work below enters the record itself (fence and dedup row in one step), so `_tx` is
-    # told `entered=True` and does not fence again. The dedup row comes before the handlers'
-    # writes: a concurrent copy then waits on its key.
+    # Each work fences first: most enter the record (fence and dedup row in one step). The dedup
+    # row comes before the handlers' writes: a concurrent copy then waits on its key.
 
     def _apply(self, generation: int, record: Record) -> Work:
         def work(session: Session, event: InboxEvent) -> str:
@@ -167,7 +161,7 @@ class Applier:
             self._store.park(session, event_id, event_type, record, PARKED, error, attempts)
             return "parked"
 
-        outcome = self._tx(part, generation, record.offset + 1, None, work, entered=True)  # type: ignore[arg-type]
+        outcome = self._tx(part, record.offset + 1, None, work)  # type: ignore[arg-type]
         if outcome == "parked":
             key = None if record.key is None else record.key.decode("utf-8", "replace")
             if key is not None:
@@ -187,19 +181,16 @@ class Applier:
     def _attempts(
         self,
         part: Partition,
-        generation: int,
         next_offset: int | None,
         event: InboxEvent,
         work: Work,
-        *,
-        entered: bool,
     ) -> tuple[str, BaseException | None]:
         """Run `work` up to `handler_attempts` times; (outcome, None) or ("", last error)."""
         last: BaseException | None = None
         for attempt in range(1, self._config.handler_attempts + 1):
             try:
                 again = dataclasses.replace(event, attempt=attempt)
-                outcome = self._tx(part, generation, next_offset, again, work, entered=entered)
+                outcome = self._tx(part, next_offset, again, work)
                 return outcome, None
             except HandlerFailed as failed:
                 last = failed
@@ -216,22 +207,17 @@ class Applier:
     def _tx(
         self,
         part: Partition,
-        generation: int,
         next_offset: int | None,
         event: InboxEvent,
         work: Work,
-        *,
-        entered: bool,
     ) -> str:
-        """One transaction: `work`, after the fence unless `work` enters the record itself;
-        transient errors retried in place."""
+        """One transaction: `work` (which fences first); transient errors retried in place.
+        `next_offset`, when given, is what `work` stores for `part` on success."""
 
         def once() -> str:
             while True:
                 try:
                     with self._factory() as session, session.begin():
-                        if not entered:
-                            self._store.fence(session, part[0], part[1], generation, next_offset)
                         return work(session, event)
                 except DuplicateRace:
                     continue  # the copy committed: the next run's NOT EXISTS sees it
@@ -306,13 +292,14 @@ class Applier:
             return False
 
         def work(session: Session, event: InboxEvent) -> str:
+            self._store.fence(session, part[0], part[1], generation, None)
             self._store.unpark(session, row.event_id)
             self._store.set_status(session, row.event_id, DONE)
             self.call(session, event)
             return "applied"
 
         started = time.perf_counter()
-        outcome, failure = self._attempts(part, generation, None, event, work, entered=False)
+        outcome, failure = self._attempts(part, None, event, work)
         if failure is None:
             log.info("applied %s %s event %s", row.state, event.type, event.id)
             self.report(outcome, event, time.perf_counter() - started)
