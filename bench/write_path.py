@@ -73,18 +73,24 @@ class Captured:
     """The outbox statement the package sends, captured once from the cursor, and its
     parameters' names: the floor sends the same text with parameters it builds by hand."""
 
-    def __init__(self, engine: sa.Engine, factory: sessionmaker[sa.orm.Session], outbox: Outbox):
+    def __init__(self, url: str, outbox: Outbox):
         seen: list[tuple[str, dict[str, Any]]] = []
 
         def capture(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
             if f"INSERT INTO {outbox.table.name}" in statement:
                 seen.append((statement, dict(params)))
 
-        sa.event.listen(engine, "before_cursor_execute", capture)
+        # An engine of its own: a listener marks an engine as observed for good, and the
+        # package then sends its INSERT through SQLAlchemy's execution (outbox.write.direct).
+        engine = write_engine(url)
         try:
+            factory = sessionmaker(engine)
+            outbox.install(factory)
+            sa.event.listen(engine, "before_cursor_execute", capture)
             _commits(factory, 1, outbox)
+            outbox.uninstall(factory)
         finally:
-            sa.event.remove(engine, "before_cursor_execute", capture)
+            engine.dispose()
         self.sql, self.template = seen[-1]
         self.names = {name[2:]: name for name in self.template}  # p_<column> -> parameter
 
@@ -137,7 +143,7 @@ def write_path(ctx: Context) -> None:
                     subject: lambda f=with_events, o=outbox: _commits(f, count, o),  # type: ignore[misc]
                 }
                 if kind == "postgresql":
-                    captured = Captured(engine, with_events, outbox)
+                    captured = Captured(url, outbox)
                     ctx.fact("floor statement", captured.sql)
                     _floor_commits(plain, 50, captured)
                     subjects[floor] = lambda f=plain, c=captured: _floor_commits(f, count, c)  # type: ignore[misc]

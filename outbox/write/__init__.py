@@ -7,7 +7,8 @@ Everything here runs inside the application's own transaction; nothing here talk
   them to session factories; `buffer`: the per-session buffer in ``session.info``;
 - `capture`: ORM changes of captured classes to drafts (event naming, row serialization);
 - `draft`: a validated event waiting to be written; `serialization`: payloads and headers;
-- `writer`: drafts to outbox rows and the batched INSERT statements;
+- `writer`: drafts to outbox rows and the batched INSERT statements; `direct`: the same
+  statements sent on the driver's cursor when no listener, echo or translation would notice;
 - `entity`: the `EventSource` mixin; `event`: the `Event` value; `sqlite`: SAVEPOINT on SQLite.
 """
 

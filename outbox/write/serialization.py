@@ -52,16 +52,19 @@ def _to_json_value(value: Any) -> Any:
     raise TypeError(f"{type(value).__qualname__} is not JSON serializable")
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time. `encode`
+# keeps no state between calls, so threads can share it.
+_ENCODER = json.JSONEncoder(
+    default=_to_json_value,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+)
+
+
 def dumps_json(value: Any) -> bytes:
     """Compact UTF-8 JSON of `value`, with the extra types above. Raises TypeError/ValueError."""
-    text = json.dumps(
-        value,
-        default=_to_json_value,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    )
-    return text.encode("utf-8")
+    return _ENCODER.encode(value).encode("utf-8")
 
 
 def serialize_payload(payload: Any, event_type: str, max_bytes: int | None) -> bytes | None:
