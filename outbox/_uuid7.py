@@ -10,6 +10,7 @@ event ids therefore sort in emit order, which the write side relies on.
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 import uuid
@@ -20,6 +21,11 @@ _RAND_MASK = (1 << _RAND_BITS) - 1
 _MAX_STEP = 1 << 32
 
 _lock = threading.Lock()
+# The increment within a millisecond only has to be unpredictable enough not to collide with
+# another process: a seeded PRNG, not a syscall per id (os.urandom was 9% of a snapshot chunk).
+# Reseeded in a forked child, whose copy of the state would repeat the parent's steps.
+_steps = random.Random(os.urandom(16))
+os.register_at_fork(after_in_child=lambda: _steps.seed(os.urandom(16)))
 _last_ms = 0
 _last_rand = 0
 
@@ -41,7 +47,7 @@ def uuid7() -> uuid.UUID:
         else:
             # Same millisecond, or the clock stepped back: keep the last timestamp, step up.
             ms = _last_ms
-            rand = _last_rand + 1 + int.from_bytes(os.urandom(4)) % _MAX_STEP
+            rand = _last_rand + 1 + _steps.getrandbits(32) % _MAX_STEP
             if rand > _RAND_MASK:
                 ms, rand = ms + 1, int.from_bytes(os.urandom(10)) & (_RAND_MASK >> 1)
         _last_ms, _last_rand = ms, rand

@@ -20,6 +20,7 @@ disconnect invalidates the connection.
 
 from __future__ import annotations
 
+import json
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, cast
@@ -50,23 +51,37 @@ class DirectStatement:
         }
         processors: list[tuple[str, _Processor]] = []
         for name, bind in compiled.binds.items():
-            processor = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            impl = bind.type.dialect_impl(dialect)
+            processor = _json_text(dialect) if isinstance(impl, sa.JSON) else None
+            processor = processor or impl.bind_processor(dialect)
             if processor is not None:
                 processors.append((name, processor))
         self.processors = tuple(processors)
 
-    def bind(self, params: dict[str, Any]) -> Any:
-        """`params` as the driver takes them: processed, with the constants, in order."""
-        values = {**self.constants, **params} if self.constants else dict(params)
+    def bind(self, params: dict[str, Any], memo: dict[int, Any]) -> Any:
+        """`params` (updated in place) as the driver takes them: processed, with the constants,
+        in order. `memo` holds processed dicts (JSON) by the identity of the dict, for one
+        call: the rows of a snapshot chunk share one headers dict."""
+        if self.constants:
+            params.update(self.constants)
         for name, processor in self.processors:
-            values[name] = processor(values[name])
+            value = params[name]
+            if type(value) is not dict:
+                params[name] = processor(value)
+                continue
+            done = memo.get(id(value))
+            if done is None:
+                done = memo[id(value)] = (value, processor(value))
+            params[name] = done[1]
         if self.order is None:
-            return values
-        return tuple(values[name] for name in self.order)
+            return params
+        return tuple(params[name] for name in self.order)
 
     def execute(self, connection: sa.Connection, params: Sequence[dict[str, Any]]) -> None:
-        """Send one row with ``execute``, several with ``executemany``, on `connection`'s cursor."""
-        bound = [self.bind(p) for p in params]
+        """Send one row with ``execute``, several with ``executemany``, on `connection`'s cursor.
+        The parameter dicts are consumed."""
+        memo: dict[int, Any] = {}  # keeps each value alive, so its id is not reused meanwhile
+        bound = [self.bind(p, memo) for p in params]
         dbapi_connection = connection.connection
         cursor = dbapi_connection.cursor()
         try:
@@ -92,6 +107,17 @@ class DirectStatement:
             ) from exc
         finally:
             cursor.close()
+
+
+def _json_text(dialect: sa.Dialect) -> _Processor:
+    """JSON as the text SQLAlchemy's JSON type would send (its serializer, None as SQL NULL).
+
+    psycopg's own JSON adapter (which SQLAlchemy's type hands the value to) would serialize
+    again for every row; as text, a chunk's shared headers are serialized once (`bind`'s memo).
+    PostgreSQL takes the text as JSON: the statement casts the parameter (``::JSON``).
+    """
+    dumps: Callable[[Any], str] = getattr(dialect, "_json_serializer", None) or json.dumps
+    return lambda value: None if value is None else dumps(value)
 
 
 class DirectStatements:

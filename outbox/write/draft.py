@@ -143,20 +143,25 @@ def make_drafts(
     shared_headers = {**_trace_headers(), **user_headers}
     checked_key = None if key is None else check_text(key, "key")
     checked_topic = check_topic(topic)
+    has_content_type = any(n.lower() == "content-type" for n in shared_headers)
+    # Events made together are made at one instant (a snapshot chunk: in one transaction).
+    now = datetime.now(UTC)
     drafts = []
     for payload, aggregate_id in items:
-        draft_headers = dict(shared_headers)
+        # Drafts' headers are never changed once made: drafts without a header of their own
+        # share one dict (and the writer serializes it once per statement).
+        draft_headers = shared_headers
         content_type = payload_content_type(payload)
-        if content_type is not None and not any(n.lower() == "content-type" for n in draft_headers):
+        if content_type is not None and not has_content_type:
             # Text and bytes say what they are, so consumers (and CloudEvents) do not read them
             # as JSON; JSON payloads, the common case, carry no header (the relay's default).
-            draft_headers["content-type"] = content_type
+            draft_headers = {**shared_headers, "content-type": content_type}
         drafts.append(
             Draft(
                 id=uuid7(),
                 type=event_type,
                 payload=serialize_payload(payload, event_type, max_bytes),
-                created_at=datetime.now(UTC),
+                created_at=now,
                 key=checked_key,
                 topic=checked_topic,
                 headers=draft_headers,

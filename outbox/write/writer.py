@@ -42,8 +42,6 @@ INSERTED_COLUMNS = (
     "created_at",
     "p_partition",
 )
-_PARAMETER_NAMES = {name: f"p_{name}" for name in INSERTED_COLUMNS}
-_NULL = sa.null()  # a singleton: `row_of` puts it where a JSON column must be SQL NULL
 # Bind parameters per inserted row (every column the write side sets).
 _PARAMS_PER_ROW = len(INSERTED_COLUMNS)
 # Rows' payload bytes per INSERT: well under MariaDB's 16 MiB default max_allowed_packet even
@@ -52,26 +50,22 @@ _STATEMENT_PAYLOAD_BUDGET = 4 * 1024 * 1024
 
 
 def row_of(draft: Draft) -> dict[str, Any]:
-    """The outbox row a resolved draft becomes: one value per name in `INSERTED_COLUMNS`."""
+    """The outbox row a resolved draft becomes, as the INSERT's bind parameters: ``p_<column>``
+    for each name in `INSERTED_COLUMNS` (built in one step: a snapshot makes a thousand)."""
     assert draft.aggregate_id is not None  # resolved
     return {
-        "id": draft.id,
-        "aggregatetype": draft.aggregate_type,
-        "aggregateid": draft.aggregate_id,
-        "type": draft.type,
-        "payload": draft.payload,
-        "topic": draft.topic,
-        "key": draft.key,
-        "headers": draft.headers if draft.headers else sa.null(),
-        "created_at": draft.created_at,
+        "p_id": draft.id,
+        "p_aggregatetype": draft.aggregate_type,
+        "p_aggregateid": draft.aggregate_id,
+        "p_type": draft.type,
+        "p_payload": draft.payload,
+        "p_topic": draft.topic,
+        "p_key": draft.key,
+        "p_headers": draft.headers or None,  # SQL NULL (none_as_null), not JSON 'null'
+        "p_created_at": draft.created_at,
         # Stored, not computed in the relays' queries, so that each partition is an index range.
-        "p_partition": partition_of(effective_key(draft.key, draft.aggregate_id)),
+        "p_p_partition": partition_of(effective_key(draft.key, draft.aggregate_id)),
     }
-
-
-def _parameters(row: dict[str, Any]) -> dict[str, Any]:
-    """A row's values as the cached statement's bind parameters (`sa.null()` as None)."""
-    return {_PARAMETER_NAMES[k]: (None if v is _NULL else v) for k, v in row.items()}
 
 
 def _rows_per_statement(dialect: sa.Dialect) -> int:
@@ -168,8 +162,9 @@ class OutboxWriter:
         *,
         notify: bool = False,
     ) -> None:
-        """Insert `rows` in order; with `notify`, also NOTIFY the relays (PostgreSQL), in the
-        same statement as a single row (no extra round trip) or as one more statement."""
+        """Insert `rows` (`row_of`'s parameters, consumed) in order; with `notify`, also NOTIFY
+        the relays (PostgreSQL), in the same statement as a single row (no extra round trip) or
+        as one more statement."""
         max_rows = _rows_per_statement(connection.dialect)
         start = 0
         while start < len(rows):
@@ -187,21 +182,19 @@ class OutboxWriter:
                 direct = statements.on(connection)
                 if direct is not None:
                     # On the driver's cursor (see `direct`): the same SQL, less client CPU.
-                    direct.execute(connection, [_parameters(row) for row in rows[start:end]])
+                    direct.execute(connection, rows[start:end])
                     notify = notify and not one
                 elif one:
                     # One row, the common case: a statement built once, so that SQLAlchemy's
                     # compiled cache serves it.
-                    connection.execute(statements.statement, _parameters(rows[start]))
+                    connection.execute(statements.statement, rows[start])
                     notify = False
                 else:
                     # Many rows: the same cached statement with a list of parameter sets.
                     # SQLAlchemy sends them as multi-row VALUES batches ("insertmanyvalues")
                     # or the driver's executemany, in order; a `.values(rows)` clause would
                     # be compiled anew every time (most of a 1000-row snapshot chunk's time).
-                    connection.execute(
-                        self._one_row_insert, [_parameters(row) for row in rows[start:end]]
-                    )
+                    connection.execute(self._one_row_insert, rows[start:end])
             except DBAPIError as exc:
                 if _is_missing_table(exc):
                     raise TableMissingError(missing_table_message(self.table)) from exc
@@ -215,15 +208,22 @@ class OutboxWriter:
         """One row's INSERT with a parameter per column, built once so that SQLAlchemy's
         compiled cache serves it."""
         table = self.table
-        return table.insert().values(
-            {
-                name: sa.bindparam(
-                    f"p_{name}",
-                    # none_as_null: a NULL headers column, not the JSON value 'null'.
-                    type_=sa.JSON(none_as_null=True) if name == "headers" else table.c[name].type,
-                )
-                for name in INSERTED_COLUMNS
-            }
+        # inline(): no RETURNING of the new seq, which nothing reads.
+        return (
+            table.insert()
+            .inline()
+            .values(
+                {
+                    name: sa.bindparam(
+                        f"p_{name}",
+                        # none_as_null: a NULL headers column, not the JSON value 'null'.
+                        type_=sa.JSON(none_as_null=True)
+                        if name == "headers"
+                        else table.c[name].type,
+                    )
+                    for name in INSERTED_COLUMNS
+                }
+            )
         )
 
     @functools.cached_property
