@@ -105,6 +105,27 @@ def timestamp_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
 
+# The formatted forms of a read event (`PendingEvent.id_text` and co.) where the database made
+# them, else computed here; the same text and number either way.
+
+
+def _id_text(event: PendingEvent) -> str:
+    text = event.id_text
+    return text if text is not None else str(event.id)
+
+
+def _created_text(event: PendingEvent) -> str:
+    text = event.created_text
+    return text if text is not None else rfc3339(event.created_at)
+
+
+def _created_ms(event: PendingEvent) -> int:
+    micros = event.created_us
+    # The very float arithmetic of timestamp_ms: datetime.timestamp() is the exact
+    # microseconds divided by 10**6, so the result is the same integer, rounding included.
+    return int(micros / 1_000_000 * 1000) if micros is not None else timestamp_ms(event.created_at)
+
+
 def _router(prefix: str) -> Callable[[PendingEvent], str]:
     valid: set[str] = set()
 
@@ -179,18 +200,29 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
         try:
             key = event.key if event.key is not None else event.aggregateid
             payload = _payload(event)
+            # _id_text, _created_text and _created_ms inline: three calls less per event.
+            id_text = event.id_text
+            if id_text is None:
+                id_text = str(event.id)
+            created_text = event.created_text
+            if created_text is None:
+                created_text = rfc3339(event.created_at)
+            micros = event.created_us
             headers: Headers = [
-                ("event_id", str(event.id).encode()),
+                ("event_id", id_text.encode()),
                 ("event_type", event.type.encode()),
                 ("aggregate_type", event.aggregatetype.encode()),
                 ("aggregate_id", event.aggregateid.encode()),
-                ("created_at", rfc3339(event.created_at).encode()),
+                ("created_at", created_text.encode()),
             ]
             if payload is not None:
                 headers.append(_JSON_CONTENT_TYPE)
-            return Message(
-                topic_of(event), key.encode(), payload, headers, timestamp_ms(event.created_at)
+            stamp = (
+                int(micros / 1_000_000 * 1000)
+                if micros is not None
+                else timestamp_ms(event.created_at)
             )
+            return Message(topic_of(event), key.encode(), payload, headers, stamp)
         except UnicodeEncodeError:
             return checked(event)
 
@@ -200,19 +232,17 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
         if clash:
             raise PayloadError(f"header {min(clash)!r} is reserved by the plain envelope")
         headers: Headers = [
-            ("event_id", str(event.id).encode()),
+            ("event_id", _id_text(event).encode()),
             ("event_type", _utf8(event.type, "event type")),
             ("aggregate_type", _utf8(event.aggregatetype, "aggregate type")),
             ("aggregate_id", _utf8(event.aggregateid, "aggregate id")),
-            ("created_at", rfc3339(event.created_at).encode()),
+            ("created_at", _created_text(event).encode()),
         ]
         payload = _payload(event)
         if payload is not None and not any(n.lower() == CONTENT_TYPE for n in extra):
             headers.append(_JSON_CONTENT_TYPE)
         _append_user(headers, extra)
-        return Message(
-            topic_of(event), _key(event), payload, headers, timestamp_ms(event.created_at)
-        )
+        return Message(topic_of(event), _key(event), payload, headers, _created_ms(event))
 
     return encode
 
@@ -238,17 +268,15 @@ def _binary_encoder(topic_of: Callable[[PendingEvent], str], source: str) -> Enc
         content_type, extra = _cloudevents_headers(event)
         headers: Headers = [
             ("ce_specversion", b"1.0"),
-            ("ce_id", str(event.id).encode()),
+            ("ce_id", _id_text(event).encode()),
             ("ce_source", source_bytes),
             ("ce_type", _utf8(event.type, "event type")),
-            ("ce_time", rfc3339(event.created_at).encode()),
+            ("ce_time", _created_text(event).encode()),
             ("ce_subject", _utf8(event.aggregateid, "aggregate id")),
             (CONTENT_TYPE, _utf8(content_type or DEFAULT_CONTENT_TYPE, "content type")),
         ]
         _append_user(headers, extra)
-        return Message(
-            topic_of(event), _key(event), _payload(event), headers, timestamp_ms(event.created_at)
-        )
+        return Message(topic_of(event), _key(event), _payload(event), headers, _created_ms(event))
 
     return encode
 
@@ -265,15 +293,15 @@ def _structured_encoder(topic_of: Callable[[PendingEvent], str], source: str) ->
         _append_user(headers, extra)
         topic = topic_of(event)
         key = _key(event)
-        stamp = timestamp_ms(event.created_at)
+        stamp = _created_ms(event)
         if payload is None:
             return Message(topic, key, None, headers, stamp)
         attributes: dict[str, Any] = {
             "specversion": "1.0",
-            "id": str(event.id),
+            "id": _id_text(event),
             "source": source,
             "type": event.type,
-            "time": rfc3339(event.created_at),
+            "time": _created_text(event),
             "subject": event.aggregateid,
         }
         json_text = _json_text(payload, content_type)

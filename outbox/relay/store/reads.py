@@ -33,7 +33,7 @@ class EventReads:
     def __init__(self, executor: Executor, table: sa.Table) -> None:
         self._executor = executor
         self.table = t = table
-        self._columns = (
+        self._columns: tuple[sa.ColumnElement[Any], ...] = (
             t.c.seq,
             t.c.id,
             t.c.aggregatetype,
@@ -47,6 +47,13 @@ class EventReads:
             t.c.attempts,
             t.c.p_partition,
         )
+        #: Builds a `PendingEvent` from a row of `_columns` (and whatever follows them).
+        self._event = _pending_event
+        if executor.dialect == "postgresql":
+            # The id and the timestamp as the envelope writes them, formatted by the database
+            # (C code, on the other side) instead of by Python for every event.
+            self._columns += formatted_columns(t)
+            self._event = _pg_pending_event
         self.partition_key = sa.func.coalesce(t.c.key, t.c.aggregateid)
         self._pending = pending(t)
         #: Partitioned mode: only the partitions a relay holds, as one parameter `partitions`
@@ -84,7 +91,8 @@ class EventReads:
             limit, exclude_keys, after=False, partitioned=partitions is not None
         )
         rows = self._executor.rows(query, _partitions({}, partitions))
-        return [_pending_event(r) for r in rows]
+        event = self._event
+        return [event(r) for r in rows]
 
     def fetch_after(
         self,
@@ -110,7 +118,8 @@ class EventReads:
             self.fetch_query(limit, exclude_keys, after=True, partitioned=partitions is not None),
             _partitions({"after_seq": after_seq, "count_limit": count_limit}, partitions),
         )
-        return [_pending_event(r) for r in rows], rows[0][-1] if rows else 0
+        event = self._event
+        return [event(r) for r in rows], rows[0][-1] if rows else 0
 
     def fetch_query(
         self, limit: int, exclude_keys: Collection[str], *, after: bool, partitioned: bool = False
@@ -163,18 +172,37 @@ def _partitions(params: dict[str, Any], partitions: Sequence[int] | None) -> dic
     return params
 
 
-def _pending_event(r: Sequence[Any]) -> PendingEvent:
-    return PendingEvent(
-        seq=r[0],
-        id=r[1],
-        aggregatetype=r[2],
-        aggregateid=r[3],
-        type=r[4],
-        payload=r[5],
-        topic=r[6],
-        key=r[7],
-        headers=r[8],
-        created_at=utc(r[9]),
-        attempts=r[10],
-        partition=r[11],
+def formatted_columns(t: sa.Table) -> tuple[sa.ColumnElement[Any], ...]:
+    """PostgreSQL: ``str(id)``, ``rfc3339(created_at)`` and created_at in microseconds since
+    the epoch (`PendingEvent.id_text`, `created_text`, `created_us`), exactly as Python computes
+    them (pinned by tests/integration/test_relay_reads.py)."""
+    created = t.c.created_at
+    # In UTC whatever the session's TimeZone; always six digits of microseconds, like rfc3339.
+    text = sa.func.to_char(
+        sa.func.timezone(sa.literal_column("'UTC'"), created),
+        sa.literal_column('\'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\''),
     )
+    # Exact on every version (EXTRACT(EPOCH) is a float before PostgreSQL 14): whole seconds,
+    # whose epoch is an integer, plus the microseconds of the seconds field (offsets are whole
+    # seconds, so truncating in the session's zone is truncating in UTC).
+    million = sa.literal_column("1000000", sa.BigInteger())  # in the SQL, not a parameter
+    second: sa.ColumnElement[str] = sa.literal_column("'second'")
+    whole = sa.cast(sa.extract("epoch", sa.func.date_trunc(second, created)), sa.BigInteger)
+    micros = sa.cast(sa.extract("microseconds", created), sa.BigInteger) % million
+    return (
+        sa.cast(t.c.id, sa.Text).label("id_text"),
+        text.label("created_text"),
+        (whole * million + micros).label("created_us"),
+    )
+
+
+def _pending_event(r: Sequence[Any]) -> PendingEvent:
+    # Positional: about a tenth cheaper than by keyword, once per event.
+    return PendingEvent(
+        r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], utc(r[9]), r[10], r[11]
+    )
+
+
+def _pg_pending_event(r: Sequence[Any]) -> PendingEvent:
+    # The row is the fields in order (a timestamptz is always aware), then maybe the count.
+    return PendingEvent(*r[:15])
