@@ -40,6 +40,13 @@ effects = sa.Table(
 )
 
 
+def group_of(topics: list[str]) -> str:
+    """A consumer group of the test's own (its topics are unique): tests on the shared broker
+    must not join one group, where a stopped or killed member of another test holds every
+    rebalance up until its session times out."""
+    return "group-" + "-".join(sorted(topics))
+
+
 def new_topic(name: str = "inbox") -> str:
     return f"{name}-{uuid.uuid4().hex[:10]}"
 
@@ -185,6 +192,7 @@ def running(
             inbox.run(
                 bootstrap_servers=bootstrap,
                 topics=topics,
+                group=group_of(topics),
                 stop=stop,
                 consumer_settings={**FAST_GROUP, **settings},
             )
@@ -239,7 +247,7 @@ class ConsumerProcess(RelayProcess):
         app: str = "tests.inbox_app:inbox",
     ) -> None:
         options = [f"-X{k}={v}" for k, v in {**FAST_GROUP, **(settings or {})}.items()]
-        args = ["--app", app, "--bootstrap-servers", bootstrap]
+        args = ["--app", app, "--bootstrap-servers", bootstrap, "--group", group_of(topics)]
         for topic in topics:
             args += ["--topic", topic]
         self.args = (*args, *options, *extra)
