@@ -46,9 +46,12 @@ def row_columns(mapper: Mapper[Any]) -> Iterator[tuple[ColumnProperty[Any], sa.C
             yield prop, column
 
 
+_BINARY = (bytes, bytearray, memoryview)  # a tuple: a union would be built per call
+
+
 def encode_value(value: Any) -> Any:
     """A column value as the payload holds it: binary values as base64 text, the rest as is."""
-    if isinstance(value, bytes | bytearray | memoryview):
+    if isinstance(value, _BINARY):
         return base64.b64encode(bytes(value)).decode("ascii")
     return value
 

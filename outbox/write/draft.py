@@ -26,6 +26,7 @@ from outbox.write.serialization import (
     serialize_payload,
 )
 
+_ID_TYPES = (int, uuid.UUID)  # a tuple: a union in isinstance is built per call
 _TOPIC = re.compile(rf"^[A-Za-z0-9._-]{{1,{TOPIC_LENGTH}}}$")
 
 
@@ -60,7 +61,7 @@ class Draft:
 
 
 def check_text(value: Any, what: str, max_length: int = NAME_LENGTH) -> str:
-    if isinstance(value, int | uuid.UUID) and not isinstance(value, bool):
+    if isinstance(value, _ID_TYPES) and not isinstance(value, bool):
         value = str(value)
     if not isinstance(value, str) or not value:
         raise ConfigurationError(f"{what} must be a non-empty string, got {value!r}")
@@ -157,17 +158,17 @@ def make_drafts(
             # as JSON; JSON payloads, the common case, carry no header (the relay's default).
             draft_headers = {**shared_headers, "content-type": content_type}
         drafts.append(
-            Draft(
-                id=uuid7(),
-                type=event_type,
-                payload=serialize_payload(payload, event_type, max_bytes),
-                created_at=now,
-                key=checked_key,
-                topic=checked_topic,
-                headers=draft_headers,
-                aggregate_type=aggregate_type,
-                aggregate_id=aggregate_id,
-                entity=entity,
+            Draft(  # positional, in the field order: a snapshot chunk makes a thousand
+                uuid7(),
+                event_type,
+                serialize_payload(payload, event_type, max_bytes),
+                now,
+                checked_key,
+                checked_topic,
+                draft_headers,
+                aggregate_type,
+                aggregate_id,
+                entity,
             )
         )
     return drafts

@@ -28,6 +28,10 @@ from typing import Any
 
 from outbox.errors import PayloadError
 
+# Tuples, not `A | B`: a union in isinstance is built anew on every call (per event here).
+_BINARY = (bytes, bytearray, memoryview)
+_BYTES_LIKE = (bytearray, memoryview)
+
 #: The default cap on a payload: Kafka's default `max.request.size` / `message.max.bytes`.
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 
@@ -77,7 +81,7 @@ def serialize_payload(payload: Any, event_type: str, max_bytes: int | None) -> b
     try:
         if isinstance(payload, bytes):
             data = payload
-        elif isinstance(payload, bytearray | memoryview):
+        elif isinstance(payload, _BYTES_LIKE):
             data = bytes(payload)
         elif isinstance(payload, str):
             data = payload.encode("utf-8")
@@ -103,7 +107,7 @@ def payload_content_type(payload: Any) -> str | None:
     """``content-type`` for a str or bytes payload; None for JSON and for a tombstone."""
     if isinstance(payload, str):
         return TEXT_CONTENT_TYPE
-    if isinstance(payload, bytes | bytearray | memoryview):
+    if isinstance(payload, _BINARY):
         return BINARY_CONTENT_TYPE
     return None
 
