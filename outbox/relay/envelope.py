@@ -120,10 +120,8 @@ def _created_text(event: PendingEvent) -> str:
 
 
 def _created_ms(event: PendingEvent) -> int:
-    micros = event.created_us
-    # The very float arithmetic of timestamp_ms: datetime.timestamp() is the exact
-    # microseconds divided by 10**6, so the result is the same integer, rounding included.
-    return int(micros / 1_000_000 * 1000) if micros is not None else timestamp_ms(event.created_at)
+    # The very float arithmetic of timestamp_ms, whichever way the seconds were computed.
+    return int(event.created_seconds() * 1000)
 
 
 def _router(prefix: str) -> Callable[[PendingEvent], str]:
@@ -200,14 +198,13 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
         try:
             key = event.key if event.key is not None else event.aggregateid
             payload = _payload(event)
-            # _id_text, _created_text and _created_ms inline: three calls less per event.
+            # _id_text and _created_text inline: two calls less per event.
             id_text = event.id_text
             if id_text is None:
                 id_text = str(event.id)
             created_text = event.created_text
             if created_text is None:
                 created_text = rfc3339(event.created_at)
-            micros = event.created_us
             headers: Headers = [
                 ("event_id", id_text.encode()),
                 ("event_type", event.type.encode()),
@@ -217,12 +214,7 @@ def _plain_encoder(topic_of: Callable[[PendingEvent], str]) -> Encoder:
             ]
             if payload is not None:
                 headers.append(_JSON_CONTENT_TYPE)
-            stamp = (
-                int(micros / 1_000_000 * 1000)
-                if micros is not None
-                else timestamp_ms(event.created_at)
-            )
-            return Message(topic_of(event), key.encode(), payload, headers, stamp)
+            return Message(topic_of(event), key.encode(), payload, headers, _created_ms(event))
         except UnicodeEncodeError:
             return checked(event)
 

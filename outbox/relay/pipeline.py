@@ -247,15 +247,7 @@ class Pipeline:
                     # Landed, but an earlier event of its key failed: leave it, it goes again.
                     if key not in blocked:
                         done.append(event.seq)
-                        # The read's microseconds give the very float timestamp() would, which
-                        # costs half a microsecond per event with the driver's ZoneInfo.
-                        micros = event.created_us
-                        created = (
-                            micros / 1_000_000
-                            if micros is not None
-                            else event.created_at.timestamp()
-                        )
-                        done_topics[message.topic].append(now - created)
+                        done_topics[message.topic].append(now - event.created_seconds())
                     continue
                 if key in blocked:
                     continue  # a follower of the key's failed event: it waits, not at fault

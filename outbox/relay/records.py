@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -40,6 +40,15 @@ class PendingEvent:
     def partition_key(self) -> str:
         """The key that orders events: the explicit key, else the aggregate id."""
         return self.key if self.key is not None else self.aggregateid
+
+    def created_seconds(self) -> float:
+        """`created_at` in seconds since the epoch (naive = UTC): from the read's microseconds
+        when the database gave them, the very float `datetime.timestamp()` returns (which costs
+        half a microsecond per event with the driver's ZoneInfo)."""
+        if self.created_us is not None:
+            return self.created_us / 1_000_000
+        moment = self.created_at
+        return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 @dataclass(frozen=True, slots=True)

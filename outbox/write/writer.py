@@ -183,18 +183,14 @@ class OutboxWriter:
                 if direct is not None:
                     # On the driver's cursor (see `direct`): the same SQL, less client CPU.
                     direct.execute(connection, rows[start:end])
-                    notify = notify and not one
-                elif one:
-                    # One row, the common case: a statement built once, so that SQLAlchemy's
-                    # compiled cache serves it.
-                    connection.execute(statements.statement, rows[start])
-                    notify = False
                 else:
-                    # Many rows: the same cached statement with a list of parameter sets.
-                    # SQLAlchemy sends them as multi-row VALUES batches ("insertmanyvalues")
-                    # or the driver's executemany, in order; a `.values(rows)` clause would
-                    # be compiled anew every time (most of a 1000-row snapshot chunk's time).
-                    connection.execute(self._one_row_insert, rows[start:end])
+                    # Statements built once, so that SQLAlchemy's compiled cache serves them.
+                    # Many rows go as a list of parameter sets: multi-row VALUES batches
+                    # ("insertmanyvalues") or the driver's executemany, in order; a
+                    # `.values(rows)` clause would be compiled anew every time.
+                    params = rows[start] if one else rows[start:end]
+                    connection.execute(statements.statement, params)
+                notify = notify and not one  # a lone row carried the NOTIFY
             except DBAPIError as exc:
                 if _is_missing_table(exc):
                     raise TableMissingError(missing_table_message(self.table)) from exc
