@@ -3,15 +3,19 @@
 process) stamps each one on receipt.
 
 One event per transaction, paced at `RATE` events/s. Two delays per event, from the wall-clock
-time right after the commit returned: to the consumer's receipt, and (txoutbox and kafka-python
-alone) to the record's timestamp, set by the producer at send, in whole milliseconds. Three
-subjects, interleaved round by round, each on a fresh embedded broker so that the broker's
-slowdown as it fills hits them alike: kafka-python alone paced the same (send to receipt: the
-broker path no relay can beat), `outbox relay` on PostgreSQL, and txoutbox on PostgreSQL (its
-own table and NOTIFY trigger, its defaults). The relay's headline is its commit to receipt
-above kafka-python alone's send to receipt in the same round, and its commit to receipt
-against txoutbox's (the relay stamps records with the event's created_at, so its send time is
-not in the record).
+time right after the commit returned: to the consumer's receipt, and to the send, the moment
+the record's bytes leave the relay's client for the broker. The send is seen on the wire by a
+passive packet tap (`bench.wire_child`, its own process): the kernel's timestamp of the first
+TCP segment to the broker's port on loopback that carries the event's id (the `event_id`
+header, a UUID string). It is the same for every subject and needs nothing from it (the relay
+stamps its records with the event's created_at, so the record timestamp says nothing of its
+send; the tap needs root and a broker on 127.0.0.1). Three subjects, interleaved round by
+round, each on a fresh embedded broker so that the broker's slowdown as it fills hits them
+alike: kafka-python alone paced the same (send to receipt: the broker path no relay can beat;
+and send() to wire, the client's own part of a send), `outbox relay` on PostgreSQL, and
+txoutbox on PostgreSQL (its own table and NOTIFY trigger, its defaults). The relay's headlines
+are its commit to receipt above kafka-python alone's send to receipt in the same round, and its
+commit to send p99 and commit to receipt p99 against txoutbox's.
 
 Wake-up: PostgreSQL uses LISTEN/NOTIFY (the application's transaction notifies at commit);
 MariaDB and SQLite (full runs only, one round) poll (`bench.relayproc.POLL_INTERVAL`).
@@ -73,6 +77,54 @@ class Receiver:
         self.seen = {k: (v[0], v[1]) for k, v in json.loads(out.splitlines()[-1]).items()}
 
 
+class WireTap:
+    """`bench.wire_child` in its own process: when each event id's bytes went to the broker.
+
+    Start it before the subject's warm-up; `finish` (once every record has arrived) collects
+    id -> wire time (s, comparable to `time.time()`) in `seen` and the tap's counters in
+    `stats` (packets, CPU seconds, kernel drops)."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        host, _, port = bootstrap_servers.split(",")[0].rpartition(":")
+        if host not in ("127.0.0.1", "localhost"):
+            raise RuntimeError(f"the wire tap watches loopback: broker {bootstrap_servers}")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.wire_child", port],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        if self.proc.stdout.readline().strip() != "ready":
+            _, err = self.proc.communicate(timeout=10)
+            raise RuntimeError(f"the wire tap did not start (it needs root): {err.strip()}")
+        self.started = time.monotonic()
+        self.seen: dict[str, float] = {}
+        self.stats: dict[str, Any] = {}
+
+    def finish(self) -> None:
+        out, err = self.proc.communicate("", timeout=60)
+        seconds = time.monotonic() - self.started
+        if self.proc.returncode:
+            raise RuntimeError(f"the wire tap failed: {err.strip()}")
+        self.seen = json.loads(out.splitlines()[-1])
+        self.stats = json.loads(err.splitlines()[-1])
+        self.stats["seconds"] = round(seconds, 1)
+        self.stats["packets_per_s"] = round(self.stats["packets"] / seconds)
+        self.stats["cpu_share"] = round(self.stats["cpu_s"] / seconds, 3)
+
+    def to_wire(self, started: dict[str, float], name: str) -> tuple[list[float], int]:
+        """Milliseconds from each id's time in `started` to its bytes on the wire, and how
+        many ids the tap never saw (more than 1% of them: an error)."""
+        missing = sum(1 for k in started if k not in self.seen)
+        if missing > len(started) / 100:
+            raise RuntimeError(
+                f"{missing} of {len(started)} events never seen on the wire ({name}): {self.stats}"
+            )
+        return [(self.seen[k] - t) * 1000 for k, t in started.items() if k in self.seen], missing
+
+
 def _drained(url: str, table: str, timeout: float) -> None:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     try:
@@ -117,8 +169,9 @@ def _create_topic(ctx: Context, topic: str) -> None:
         producer.close(5)
 
 
-def kafka_alone(ctx: Context, count: int) -> dict[str, list[float]]:
+def kafka_alone(ctx: Context, count: int) -> dict[str, Any]:
     topic = unique("bench-latency-raw")
+    tap = WireTap(ctx.bootstrap_servers)
     _create_topic(ctx, topic)
     receiver = Receiver(ctx.bootstrap_servers, topic)
     producer = KafkaProducer(bootstrap_servers=ctx.bootstrap_servers, **DEFAULT_PRODUCER_SETTINGS)
@@ -126,7 +179,7 @@ def kafka_alone(ctx: Context, count: int) -> dict[str, list[float]]:
     pad = payload_text().encode()
 
     def send(i: int) -> None:
-        event_id = f"raw-{i}"
+        event_id = str(uuid.uuid4())
         sent[event_id] = time.time()
         producer.send(
             topic, pad, key=f"order-{i % 1000}".encode(), headers=[("event_id", event_id.encode())]
@@ -138,10 +191,17 @@ def kafka_alone(ctx: Context, count: int) -> dict[str, list[float]]:
     finally:
         producer.close(5)
     receiver.finish(2.0)
-    return {"receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in sent.items()]}
+    tap.finish()
+    wire, missing = tap.to_wire(sent, ALONE)
+    return {
+        "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in sent.items()],
+        "wire": wire,
+        "wire_missing": missing,
+        "tap": tap.stats,
+    }
 
 
-def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]:
+def through_relay(ctx: Context, kind: str, count: int) -> dict[str, Any]:
     """The application's ORM transactions through an installed `Outbox`, `outbox relay`."""
     topic = unique(f"bench-latency-{kind}")
     with ctx.database(kind) as url:
@@ -175,7 +235,7 @@ def through_relay(ctx: Context, kind: str, count: int) -> dict[str, list[float]]
             engine.dispose()
 
 
-def through_txoutbox(ctx: Context, count: int) -> dict[str, list[float]]:
+def through_txoutbox(ctx: Context, count: int) -> dict[str, Any]:
     """The same events written into txoutbox's table (its trigger NOTIFYs), its relay with
     LISTEN/NOTIFY, defaults otherwise."""
     topic = unique("bench-latency-txoutbox")
@@ -219,9 +279,10 @@ def _measure(
     relay: cliproc.Sidecar,
     url: str,
     table: str,
-) -> dict[str, list[float]]:
+) -> dict[str, Any]:
     """Commit `count` events at `RATE`; commit-to-receipt and commit-to-send per event."""
     receiver = Receiver(ctx.bootstrap_servers, topic)
+    tap = WireTap(ctx.bootstrap_servers)
     committed: dict[str, float] = {}
 
     def paced_commit(i: int) -> None:
@@ -235,13 +296,20 @@ def _measure(
     paced(count, paced_commit)
     _drained(url, table, 60)
     receiver.finish(2.0)
+    tap.finish()
     relay.check_alive()
     missing = [k for k in committed if k not in receiver.seen]
     if missing:
         raise RuntimeError(f"{len(missing)} of {count} events never arrived ({name})")
+    send, wire_missing = tap.to_wire(committed, name)
     return {
         "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in committed.items()],
-        "send": [receiver.seen[k][1] - t * 1000 for k, t in committed.items()],
+        "send": send,
+        "wire_missing": wire_missing,
+        "tap": tap.stats,
+        # The record's timestamp (ms) after the commit: the producer's send() time for
+        # txoutbox, the event's created_at for the relay; a cross-check of the tap for txoutbox.
+        "record_timestamp": [receiver.seen[k][1] - t * 1000 for k, t in committed.items()],
     }
 
 
@@ -254,15 +322,15 @@ def latency(ctx: Context) -> None:
     ctx.fact("seconds", seconds)
     ctx.fact("rounds", rounds)
     ctx.fact("wake_up", WAKE_UP)
-    subjects: dict[str, Callable[[], dict[str, list[float]]]] = {
+    subjects: dict[str, Callable[[], dict[str, Any]]] = {
         ALONE: lambda: kafka_alone(ctx, count),
         RELAY: lambda: through_relay(ctx, "postgresql", count),
         PEER: lambda: through_txoutbox(ctx, count),
     }
 
-    def fresh(run: Callable[[], dict[str, list[float]]]) -> Callable[[], dict[str, list[float]]]:
+    def fresh(run: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
         # Every subject on an empty embedded broker: the in-memory broker slows as it fills.
-        def on_fresh_broker() -> dict[str, list[float]]:
+        def on_fresh_broker() -> dict[str, Any]:
             with ctx.fresh_broker():
                 return run()
 
@@ -275,13 +343,26 @@ def latency(ctx: Context) -> None:
                 fresh(lambda k=kind: through_relay(ctx, k, count))()
             ]
     pct = {name: [_percentiles(r["receipt"]) for r in runs] for name, runs in samples.items()}
-    # The record timestamp is the producer's send time only for txoutbox: the relay stamps a
-    # record with its event's created_at (docs/OPERATIONS.md), taken before the commit, so for
-    # the relay "commit to send" is not observable from the consumer; commit to receipt is.
-    send = {name: [_percentiles(r["send"]) for r in runs] for name, runs in samples.items()}
-    send = {name: runs for name, runs in send.items() if name == PEER}
+    # Send = the record's bytes on the wire to the broker (`WireTap`): the record timestamp
+    # would not do, the relay stamps a record with its event's created_at (docs/OPERATIONS.md),
+    # taken before the commit.
+    send = {
+        name: [_percentiles(r["send"]) for r in runs]
+        for name, runs in samples.items()
+        if name != ALONE
+    }
+    wire = [_percentiles(r["wire"]) for r in samples[ALONE]]
     for name, runs in samples.items():
         ctx.fact(f"{name}: receipt p50 per 5 s (ms)", [_p50_by_window(r["receipt"]) for r in runs])
+        ctx.fact(f"{name}: ids never seen on the wire", [r["wire_missing"] for r in runs])
+        ctx.fact(f"{name}: wire tap", [r["tap"] for r in runs])
+    ctx.fact(
+        f"{PEER}: commit to record timestamp p50/p99 (ms, the tap's cross-check)",
+        [
+            [round(_percentiles(r["record_timestamp"])[p], 2) for p in ("p50", "p99")]
+            for r in samples[PEER]
+        ],
+    )
     for p in ("p50", "p95", "p99"):
         base = f"{ALONE}: send to receipt {p}"
         ctx.record(base, [s[p] for s in pct[ALONE]], "ms")
@@ -305,8 +386,28 @@ def latency(ctx: Context) -> None:
             headline=True,
         )
     for p in ("p50", "p99"):
+        ctx.record(
+            f"{ALONE}: send() to wire {p}",
+            [s[p] for s in wire],
+            "ms",
+            note="from the call to send() to the record's bytes on the wire, kernel timestamp",
+        )
+    for p in ("p50", "p99"):
         for name in send:
-            ctx.record(f"{name}: commit to send {p}", [s[p] for s in send[name]], "ms")
+            ctx.record(
+                f"{name}: commit to send {p}",
+                [s[p] for s in send[name]],
+                "ms",
+                note=WAKE_UP.get(name, ""),
+            )
+    ctx.record(
+        f"{RELAY} vs {PEER}: commit to send p99",
+        [r["p99"] / t["p99"] for r, t in zip(send[RELAY], send[PEER], strict=True)],
+        "x",
+        headline=True,
+        note="below 1: the relay is faster; send = the record's bytes on the wire to the broker, "
+        "kernel timestamp",
+    )
     for p in ("p50", "p99"):
         ctx.record(
             f"{RELAY} vs {PEER}: commit to receipt {p}",
