@@ -50,6 +50,33 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def total_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of `pids`, those still running (a process gone counts nothing)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += cpu_seconds(pid)
+        except (OSError, IndexError):
+            continue
+    return total
+
+
+def postgres_pids() -> list[int]:
+    """Every PostgreSQL server process on the machine: the relay's backends and the
+    checkpointer, WAL writer, background writer and autovacuum workers that its deletes keep
+    busy (the machine's other sessions too: read on a quiet machine)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/comm") as comm:
+                    if comm.read().strip() == "postgres":
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
 class Sidecar:
     """A process started with `argv`; `stop` sends SIGTERM and expects exit status 0."""
 
@@ -112,8 +139,10 @@ def watch_drain(
 
     `rate`: events / (process start to empty): connecting and the first batch included.
     `steady_rate`: the events after the first deletion / (first deletion to empty);
-    `steady_cpu_us`: the process's CPU time per event over the same stretch.
+    `steady_cpu_us`: the process's CPU time per event over the same stretch;
+    `db_steady_cpu_us` (PostgreSQL): all PostgreSQL processes' CPU per event over it.
     """
+    database = postgres_pids if url.startswith("postgresql") else None
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     query = sa.text(f"SELECT min({column}) FROM {table}")
     try:
@@ -124,6 +153,7 @@ def watch_drain(
             first: float | None = None
             first_gone = 0
             first_cpu = 0.0
+            first_db_cpu = 0.0
             deadline = time.monotonic() + timeout
             while True:
                 low = conn.execute(query).scalar()
@@ -133,12 +163,14 @@ def watch_drain(
                 if first is None and low != start:
                     first, first_gone = now, int(low) - int(start)
                     first_cpu = sidecar.cpu_seconds()
+                    first_db_cpu = total_cpu_seconds(database()) if database else 0.0
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"drain not done after {timeout}s: {sidecar.tail()}")
                 sidecar.check_alive()
                 time.sleep(PROBE_INTERVAL)
             done = now
             done_cpu = sidecar.cpu_seconds()
+            done_db_cpu = total_cpu_seconds(database()) if database else 0.0
     finally:
         engine.dispose()
     first = first if first is not None else done
@@ -154,5 +186,8 @@ def watch_drain(
         # out): on a loaded machine a steadier comparison than rates.
         "steady_cpu_us": (done_cpu - first_cpu) / (count - first_gone) * 1e6
         if first_cpu and count > first_gone
+        else 0.0,
+        "db_steady_cpu_us": (done_db_cpu - first_db_cpu) / (count - first_gone) * 1e6
+        if database and first_cpu and count > first_gone
         else 0.0,
     }

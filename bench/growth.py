@@ -10,6 +10,8 @@ The embedded broker itself slows down as it fills (kafka-python alone, a million
 a fresh one: 30.8k msg/s over the first 100k, 19.9k over the last, 2026-12-03). So kafka-python
 alone sends the same number of messages into a fresh broker at each size too, and the relay's
 ratio is also given against that: what is left is the relay's own cost of a larger backlog.
+The relay's CPU per event and PostgreSQL's (all its processes) at each size say which side of
+it grows.
 """
 
 from __future__ import annotations
@@ -49,6 +51,11 @@ def growth(ctx: Context) -> None:
         rates = [r["rate"] for r in results[n]]
         ctx.record(f"{n:,} pending: start to last ack", rates, "events/s")
     _against_first(ctx, sizes, results, "relay peak RSS", "maxrss_mb", "MB")
+    # Where a falling rate comes from: the relay's own CPU per event, and the database's (every
+    # PostgreSQL process: the relay's backends, and the checkpoints, WAL and vacuum its deletes
+    # cause), in the same steady state.
+    _against_first(ctx, sizes, results, "relay CPU per event", "steady_cpu_us", "µs", False)
+    _against_first(ctx, sizes, results, "PostgreSQL CPU per event", "db_steady_cpu_us", "µs", False)
 
 
 def _drain(ctx: Context, count: int) -> dict[str, Any]:
@@ -69,6 +76,7 @@ def _against_first(
     label: str,
     field: str,
     unit: str,
+    headline: bool = True,
 ) -> None:
     """Record `field` for every size, each later size against the first (the largest is the
     headline)."""
@@ -80,5 +88,5 @@ def _against_first(
             [r[field] for r in results[n]],
             unit,
             baseline=base,
-            headline=n == sizes[-1],
+            headline=headline and n == sizes[-1],
         )

@@ -23,7 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench import outboxdb
+from bench import cliproc, outboxdb
 from bench.common import Context, interleaved, scenario, unique
 from outbox.partitioning import partition_of
 from tests.support import clean_env
@@ -32,20 +32,9 @@ RELAYS = (1, 2, 3)
 DEFAULT = "default relay"
 #: Partitioned relays' lease TTL here: a round every second.
 LEASE_TTL = "3"
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU of `pids` (those still running), from /proc/<pid>/stat."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / TICKS
+cpu_seconds = cliproc.total_cpu_seconds
 
 
 def set_partitions(url: str, table: sa.Table) -> None:
