@@ -46,6 +46,7 @@ from tests.support import write_engine
 
 RATE = 500
 ALONE = "kafka-python alone"
+DUAL = "dual write: commit, then kafka-python"
 RELAY = "postgresql: outbox relay"
 PEER = "txoutbox"
 WAKE_UP = {
@@ -124,6 +125,11 @@ class WireTap:
             )
         return [(self.seen[k] - t) * 1000 for k, t in started.items() if k in self.seen], missing
 
+    def to_receipt(self, received: dict[str, tuple[float, int]]) -> list[float]:
+        """Milliseconds from each id's bytes on the wire to its receipt by the consumer: the
+        broker's and the consumer's part, whoever sent the record."""
+        return [(received[k][0] - t) * 1000 for k, t in self.seen.items() if k in received]
+
 
 def _drained(url: str, table: str, timeout: float) -> None:
     engine = sa.create_engine(url, poolclass=sa.NullPool)
@@ -196,6 +202,7 @@ def kafka_alone(ctx: Context, count: int) -> dict[str, Any]:
     return {
         "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in sent.items()],
         "wire": wire,
+        "wire_to_receipt": tap.to_receipt(receiver.seen),
         "wire_missing": missing,
         "tap": tap.stats,
     }
@@ -232,6 +239,48 @@ def through_relay(ctx: Context, kind: str, count: int) -> dict[str, Any]:
             finally:
                 relay.stop()
         finally:
+            engine.dispose()
+
+
+def dual_write(ctx: Context, count: int) -> dict[str, Any]:
+    """The dual write an outbox replaces: the relay subject's application transaction (the
+    same ORM session and `outbox.emit`, no relay running), then kafka-python's send of the
+    event right after the commit. Its commit to receipt carries the application's and the
+    database's load on these two cores, without a relay: the relay's figure minus this one is
+    what the relay itself adds."""
+    topic = unique("bench-latency-dual")
+    with ctx.database("postgresql") as url:
+        engine = write_engine(url)
+        outbox = Outbox()
+        outbox.metadata.create_all(engine)
+        factory = sessionmaker(engine)
+        outbox.install(factory)
+        _create_topic(ctx, topic)
+        producer = KafkaProducer(
+            bootstrap_servers=ctx.bootstrap_servers, **DEFAULT_PRODUCER_SETTINGS
+        )
+        pad = payload_text()[:240]
+        body = payload_text().encode()
+
+        def commit(i: int) -> str:
+            key = f"order-{i % 1000}"
+            with factory.begin() as session:
+                event = outbox.emit(
+                    session,
+                    "OrderPlaced",
+                    {"seq": i, "status": "placed", "pad": pad},
+                    aggregate_type="order",
+                    aggregate_id=key,
+                    topic=topic,
+                )
+            event_id = str(event.id)
+            producer.send(topic, body, key=key.encode(), headers=[("event_id", event_id.encode())])
+            return event_id
+
+        try:
+            return _measure(ctx, topic, count, commit, DUAL, None, None, None)
+        finally:
+            producer.close(5)
             engine.dispose()
 
 
@@ -276,11 +325,12 @@ def _measure(
     count: int,
     commit: Callable[[int], str],
     name: str,
-    relay: cliproc.Sidecar,
-    url: str,
-    table: str,
+    relay: cliproc.Sidecar | None,
+    url: str | None,
+    table: str | None,
 ) -> dict[str, Any]:
-    """Commit `count` events at `RATE`; commit-to-receipt and commit-to-send per event."""
+    """Commit `count` events at `RATE`; commit-to-receipt and commit-to-send per event (no
+    `relay`: the commit sends the event itself, and leaves no table to drain)."""
     receiver = Receiver(ctx.bootstrap_servers, topic)
     tap = WireTap(ctx.bootstrap_servers)
     committed: dict[str, float] = {}
@@ -294,10 +344,12 @@ def _measure(
     time.sleep(1.0)
     committed.clear()
     paced(count, paced_commit)
-    _drained(url, table, 60)
+    if url is not None and table is not None:
+        _drained(url, table, 60)
     receiver.finish(2.0)
     tap.finish()
-    relay.check_alive()
+    if relay is not None:
+        relay.check_alive()
     missing = [k for k in committed if k not in receiver.seen]
     if missing:
         raise RuntimeError(f"{len(missing)} of {count} events never arrived ({name})")
@@ -305,6 +357,7 @@ def _measure(
     return {
         "receipt": [(receiver.seen[k][0] - t) * 1000 for k, t in committed.items()],
         "send": send,
+        "wire_to_receipt": tap.to_receipt(receiver.seen),
         "wire_missing": wire_missing,
         "tap": tap.stats,
         # The record's timestamp (ms) after the commit: the producer's send() time for
@@ -326,6 +379,7 @@ def latency(ctx: Context) -> None:
         ALONE: lambda: kafka_alone(ctx, count),
         RELAY: lambda: through_relay(ctx, "postgresql", count),
         PEER: lambda: through_txoutbox(ctx, count),
+        DUAL: lambda: dual_write(ctx, count),
     }
 
     def fresh(run: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
@@ -349,7 +403,7 @@ def latency(ctx: Context) -> None:
     send = {
         name: [_percentiles(r["send"]) for r in runs]
         for name, runs in samples.items()
-        if name != ALONE
+        if name not in (ALONE, DUAL)
     }
     wire = [_percentiles(r["wire"]) for r in samples[ALONE]]
     for name, runs in samples.items():
@@ -384,6 +438,21 @@ def latency(ctx: Context) -> None:
             [r[p] - a[p] for r, a in zip(pct[RELAY], pct[ALONE], strict=True)],
             "ms",
             headline=True,
+        )
+    # Where the time after the send goes: the broker's and the consumer's part, per subject. On
+    # two cores shared by every process, it grows with the load the subject puts beside them.
+    for p in ("p50", "p99"):
+        for name, runs in samples.items():
+            ctx.record(
+                f"{name}: wire to receipt {p}",
+                [_percentiles(r["wire_to_receipt"])[p] for r in runs],
+                "ms",
+            )
+        ctx.record(
+            f"{RELAY}: commit to receipt above the dual write, {p}",
+            [r[p] - d[p] for r, d in zip(pct[RELAY], pct[DUAL], strict=True)],
+            "ms",
+            note="the same application transactions, with the relay against sending at commit",
         )
     for p in ("p50", "p99"):
         ctx.record(
