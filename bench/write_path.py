@@ -9,6 +9,11 @@ connection's own psycopg cursor, with the parameters an application would build 
 UUID, the JSON payload, the time) and no package or SQLAlchemy code. No relay runs. Commits per
 second, one thread, and the application's CPU per transaction (`time.process_time`): the
 package's client CPU per event is the difference to the floor's.
+
+Each sample of a subject is `BLOCKS` blocks of transactions, the subjects' blocks alternating
+(A B C, then C B A, ...), so that a sample of each spans the same stretch of time: on a shared
+host the minute-to-minute drift is larger than the package's cost, and whole samples run one
+after the other (seconds apart) compared it more than the subjects.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
-from bench.common import Context, interleaved, scenario
+from bench.common import Context, scenario
 from bench.outboxdb import payload_text
 from outbox.write.outbox import Outbox
 from tests.support import write_engine
 
 DATABASES = ("postgresql", "mariadb", "sqlite")
+#: Blocks per sample, alternating between the subjects.
+BLOCKS = 10
 
 
 class Base(DeclarativeBase):
@@ -118,6 +125,29 @@ def _floor_commits(factory: sessionmaker[sa.orm.Session], count: int, insert: Ca
     return _sample(count, started, cpu)
 
 
+def _alternating(
+    subjects: dict[str, Callable[[int], Sample]], repeats: int, count: int
+) -> dict[str, list[Sample]]:
+    """`repeats` samples of `count` transactions per subject, each made of `BLOCKS` blocks
+    whose order alternates (forwards, then backwards), so that every subject's sample spans the
+    same time and a drift hits each alike."""
+    size = max(1, count // BLOCKS)
+    names = list(subjects)
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
+    for _ in range(repeats):
+        seconds = dict.fromkeys(names, 0.0)
+        cpu = dict.fromkeys(names, 0.0)
+        for block in range(BLOCKS):
+            for name in names if block % 2 == 0 else reversed(names):
+                rate, cpu_per_txn = subjects[name](size)
+                seconds[name] += size / rate
+                cpu[name] += cpu_per_txn * size
+        for name in names:
+            total = size * BLOCKS
+            samples[name].append((total / seconds[name], cpu[name] / total))
+    return samples
+
+
 @scenario("write", "Write-path overhead: insert one row vs insert one row + emit one event")
 def write_path(ctx: Context) -> None:
     count = ctx.size(full=3000, quick=300)
@@ -138,16 +168,16 @@ def write_path(ctx: Context) -> None:
                 base = f"{kind}: insert one row"
                 subject = f"{kind}: insert one row + emit one event"
                 floor = f"{kind}: floor, the same INSERT by hand on the psycopg cursor"
-                subjects: dict[str, Callable[[], Sample]] = {
-                    base: lambda f=plain: _commits(f, count, None),  # type: ignore[misc]
-                    subject: lambda f=with_events, o=outbox: _commits(f, count, o),  # type: ignore[misc]
+                subjects: dict[str, Callable[[int], Sample]] = {
+                    base: lambda n, f=plain: _commits(f, n, None),  # type: ignore[misc]
+                    subject: lambda n, f=with_events, o=outbox: _commits(f, n, o),  # type: ignore[misc]
                 }
                 if kind == "postgresql":
                     captured = Captured(url, outbox)
                     ctx.fact("floor statement", captured.sql)
                     _floor_commits(plain, 50, captured)
-                    subjects[floor] = lambda f=plain, c=captured: _floor_commits(f, count, c)  # type: ignore[misc]
-                samples = interleaved(subjects, ctx.repeats)
+                    subjects[floor] = lambda n, f=plain, c=captured: _floor_commits(f, n, c)  # type: ignore[misc]
+                samples = _alternating(subjects, ctx.repeats, count)
                 rates = {name: [r for r, _ in runs] for name, runs in samples.items()}
                 cpu = {name: [c for _, c in runs] for name, runs in samples.items()}
                 ctx.record(base, rates[base], "commits/s")
