@@ -155,7 +155,12 @@ def main(
             began = time.perf_counter()
             # The machine is shared: the load (1, 5, 15-minute averages) goes with the figures.
             ctx.fact("load average before", [round(x, 2) for x in os.getloadavg()])
-            s.run(ctx)
+            try:
+                s.run(ctx)
+            except RuntimeError as error:
+                # A scenario that cannot run here (no root for the wire tap, a relay that
+                # died): one line, not a traceback.
+                raise click.ClickException(f"{s.name}: {error}") from None
             ctx.fact("seconds", round(time.perf_counter() - began, 1))
             ctx.fact("load average after", [round(x, 2) for x in os.getloadavg()])
     console.print(table(ctx))
