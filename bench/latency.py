@@ -217,34 +217,41 @@ def _delays(
     }
 
 
+def _application(url: str, topic: str) -> tuple[sa.Engine, Callable[[int], str], str]:
+    """The relay subjects' application: ORM transactions through an installed `Outbox`, one
+    event each. Its engine, the commit of event i (returning the event's id), and the table."""
+    engine = write_engine(url)
+    outbox = Outbox()
+    outbox.metadata.create_all(engine)
+    factory = sessionmaker(engine)
+    outbox.install(factory)
+    pad = payload_text()[:240]
+
+    def commit(i: int) -> str:
+        with factory.begin() as session:
+            event = outbox.emit(
+                session,
+                "OrderPlaced",
+                {"seq": i, "status": "placed", "pad": pad},
+                aggregate_type="order",
+                aggregate_id=f"order-{i % 1000}",
+                topic=topic,
+            )
+        return str(event.id)
+
+    return engine, commit, outbox.table.name
+
+
 def through_relay(ctx: Context, kind: str, count: int) -> dict[str, Any]:
     """The application's ORM transactions through an installed `Outbox`, `outbox relay`."""
     topic = unique(f"bench-latency-{kind}")
     with ctx.database(kind) as url:
-        engine = write_engine(url)
-        outbox = Outbox()
-        outbox.metadata.create_all(engine)
-        factory = sessionmaker(engine)
-        outbox.install(factory)
+        engine, commit, table = _application(url, topic)
         _create_topic(ctx, topic)
-        pad = payload_text()[:240]
-
-        def commit(i: int) -> str:
-            with factory.begin() as session:
-                event = outbox.emit(
-                    session,
-                    "OrderPlaced",
-                    {"seq": i, "status": "placed", "pad": pad},
-                    aggregate_type="order",
-                    aggregate_id=f"order-{i % 1000}",
-                    topic=topic,
-                )
-            return str(event.id)
-
         try:
             relay = relayproc.start(ctx, url, kind)
             try:
-                return _measure(ctx, topic, count, commit, kind, relay, url, outbox.table.name)
+                return _measure(ctx, topic, count, commit, kind, relay, url, table)
             finally:
                 relay.stop()
         finally:
@@ -259,31 +266,21 @@ def dual_write(ctx: Context, count: int) -> dict[str, Any]:
     what the relay itself adds."""
     topic = unique("bench-latency-dual")
     with ctx.database("postgresql") as url:
-        engine = write_engine(url)
-        outbox = Outbox()
-        outbox.metadata.create_all(engine)
-        factory = sessionmaker(engine)
-        outbox.install(factory)
+        engine, emit, _ = _application(url, topic)
         _create_topic(ctx, topic)
         producer = KafkaProducer(
             bootstrap_servers=ctx.bootstrap_servers, **DEFAULT_PRODUCER_SETTINGS
         )
-        pad = payload_text()[:240]
         body = payload_text().encode()
 
         def commit(i: int) -> str:
-            key = f"order-{i % 1000}"
-            with factory.begin() as session:
-                event = outbox.emit(
-                    session,
-                    "OrderPlaced",
-                    {"seq": i, "status": "placed", "pad": pad},
-                    aggregate_type="order",
-                    aggregate_id=key,
-                    topic=topic,
-                )
-            event_id = str(event.id)
-            producer.send(topic, body, key=key.encode(), headers=[("event_id", event_id.encode())])
+            event_id = emit(i)
+            producer.send(
+                topic,
+                body,
+                key=f"order-{i % 1000}".encode(),
+                headers=[("event_id", event_id.encode())],
+            )
             return event_id
 
         try:
