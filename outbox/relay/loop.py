@@ -37,33 +37,27 @@ import logging
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from outbox.config import RelayConfig
-from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError, PublishError
+from outbox.errors import BrokerUnavailableError, LeaseLostError, OutboxError
 from outbox.relay.heartbeat import Heartbeat
 from outbox.relay.housekeeping import Housekeeping
 from outbox.relay.lease import LeaseHolder, LeaseKeeper
 from outbox.relay.observer import RelayObserver
 from outbox.relay.parked import ParkedKeys
 from outbox.relay.partition_keeper import keeper_for
-from outbox.relay.pipeline import InFlight, InFlightBatches, Pipeline
+from outbox.relay.passes import Passes
+from outbox.relay.pipeline import Pipeline
 from outbox.relay.publisher import Publisher
-from outbox.relay.reader import OrderedReader
 from outbox.relay.state import RelayHealth, RelayState
 from outbox.relay.store import Fence, OutboxStore, Waker, create_relay_engine, is_transient_db_error
 from outbox.relay.timer import RenewalTimer
 from outbox.retry import retry_transient
 
 logger = logging.getLogger("outbox.relay")
-
-#: Batches per pass; the next pass re-reads the parked keys and the backlog figures.
-BATCHES_PER_PASS = 50
-#: Seconds to wait for a wake-up between checks of the head batch's acknowledgements.
-NEW_EVENTS_POLL = 0.001
 
 
 def default_publisher(config: RelayConfig) -> Publisher:
@@ -138,6 +132,9 @@ class Relay:
             mark=self._mark,
             replace_publisher=self._replace_publisher if self._owns_publisher else None,
             turned=self._health.turned,
+        )
+        self._passes = Passes(
+            config, self.store, self._lease, self._parked, self._pipeline, self._stop
         )
 
     # -- public ------------------------------------------------------------------------------
@@ -333,77 +330,7 @@ class Relay:
     def _pass(self) -> int:
         """Publish pending events until none are left (or a pass's worth); return the count."""
         assert self._publisher is not None
-        publisher = self._publisher
-        pipeline = self._pipeline
-        config = self.config
-        held = self._parked.get()
-        # Keys that must not be sent again in this pass: a failure or garbage in their line.
-        blocked: set[str] = set()
-        inflight = InFlightBatches(config.batch_size)
-        reader = OrderedReader(self.store, config.batch_size, self._lease.partitions())
-        outage: PublishError | None = None
-        exhausted = False
-        batches = 0
-        published = 0
-        last_fetch = 0.0
-        while True:
-            fetch = (
-                outage is None
-                and not exhausted
-                and not self._stop.is_set()
-                and batches < BATCHES_PER_PASS
-                and inflight.room()
-                and not self._lease.round_due()
-            )
-            if fetch:
-                started = last_fetch = time.monotonic()
-                self._lease.fresh()
-                excluded = held | blocked if blocked else held
-                events, late = reader.read(excluded, inflight.events)
-                exhausted = len(events) < config.batch_size
-                batches += 1
-                if late:
-                    # A lower seq became visible late: its key's later events must not go
-                    # first. Send nothing more; the next pass starts from the first row.
-                    exhausted, batches = True, BATCHES_PER_PASS
-                if events:
-                    sendable, messages = pipeline.encode(events, blocked)
-                    if sendable:
-                        self._lease.sendable()  # the read may have outlasted the lease
-                        delivery = publisher.publish(messages)
-                        inflight.add(InFlight(sendable, messages, delivery, started))
-                    continue
-            if not inflight:
-                break
-            if (
-                exhausted
-                and outage is None
-                and inflight.room()
-                and batches < BATCHES_PER_PASS
-                and not self._stop.is_set()
-                and not self._lease.round_due()
-                and (until_due := inflight.until_head_due()) is not None
-            ):
-                # Until the head batch is acknowledged and due to be marked, watch for new
-                # commits (a NOTIFY, or the poll interval): they are read and sent at once.
-                if self._new_events_likely(last_fetch, until_due):
-                    exhausted = False
-                continue
-            # The head batch, and the acknowledged ones behind it: marked together. Marked
-            # events are gone; unmarked ones belong to blocked keys, left out by key.
-            marked, failure = pipeline.settle(inflight.take_settled(), blocked)
-            published += marked
-            outage = outage or failure
-        if outage is not None:
-            raise outage
-        return published
-
-    def _new_events_likely(self, last_fetch: float, until_due: float) -> bool:
-        """Wait for a wake-up, until the head batch is due to be marked (at least a moment);
-        True when it is worth reading again."""
-        if self._waker is not None and self._waker.wait(max(until_due, NEW_EVENTS_POLL)):
-            return True
-        return time.monotonic() - last_fetch >= self.config.poll_interval
+        return self._passes.run(self._publisher, self._waker)
 
 
 __all__ = ["Relay", "RelayState", "default_publisher"]
