@@ -27,11 +27,10 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from alembic.util.exc import CommandError
 
 from outbox._names import check_identifier
-from outbox.config import mask_url
 from outbox.errors import ConfigurationError
+from outbox.schema._connect import alembic_call, engine_for, parse_url, unreachable
 from outbox.schema.alembic_config import warn_about
 from outbox.schema.tables import (
     build_inbox_tables,
@@ -232,33 +231,33 @@ def _config(t: Target) -> Config:
 
 
 def _run(action: str, db_url: str, t: Target, sql: bool, revision: str) -> str:
-    url = _parse_url(db_url)
+    url = parse_url(db_url)
     config = _config(t)
     step = getattr(command, action)
     if sql:
         config.attributes["url"] = url
         if action == "downgrade" and ":" not in revision:
             revision = f"heads:{revision}"
-        _alembic(lambda: step(config, revision, sql=True), url)
+        alembic_call(lambda: step(config, revision, sql=True), url)
         return "printed the SQL"
     revisions: list[tuple[str, ...]] = []
 
     def migrate(connection: sa.Connection) -> None:
         config.attributes["connection"] = connection
         revisions.append(_applied(connection, t))
-        _alembic(lambda: step(config, revision), url)
+        alembic_call(lambda: step(config, revision), url)
         revisions.append(_applied(connection, t))
 
     if url.get_dialect().is_async:
         # The relay's URL may name an asyncio driver: Alembic itself is synchronous.
         asyncio.run(_run_async(url, migrate))
         return _report(t, *revisions)
-    engine = _engine(url)
+    engine = engine_for(url)
     try:
         try:
             connection = engine.connect()
         except sa.exc.DBAPIError as exc:
-            raise _unreachable(url, exc) from None
+            raise unreachable(url, exc) from None
         with connection, connection.begin():
             migrate(connection)
     finally:
@@ -300,7 +299,7 @@ async def _run_async(url: sa.URL, migrate: Callable[[sa.Connection], None]) -> N
         try:
             connection = await engine.connect()
         except (sa.exc.DBAPIError, OSError) as exc:  # asyncpg lets OSError through
-            raise _unreachable(url, exc) from None
+            raise unreachable(url, exc) from None
         try:
             async with connection.begin():
                 await connection.run_sync(migrate)
@@ -308,55 +307,6 @@ async def _run_async(url: sa.URL, migrate: Callable[[sa.Connection], None]) -> N
             await connection.close()
     finally:
         await engine.dispose()
-
-
-def _unreachable(url: sa.URL, exc: sa.exc.DBAPIError | OSError) -> ConfigurationError:
-    where = f"on host {url.host} " if url.host else ""
-    return ConfigurationError(
-        f"cannot connect to the database {where}({mask_url(url)}): {_first_line(exc)}"
-    )
-
-
-def _alembic(call: Callable[[], None], url: sa.URL) -> None:
-    try:
-        call()
-    except CommandError as exc:
-        raise ConfigurationError(f"migration of {mask_url(url)} failed: {exc}") from None
-    except sa.exc.DBAPIError as exc:
-        raise ConfigurationError(
-            f"migration of {mask_url(url)} failed: {_first_line(exc)}"
-        ) from None
-
-
-def _parse_url(db_url: str) -> sa.URL:
-    # Same hints as every other command (postgres://, a missing driver and its extra); an
-    # asyncio driver stays (see _run_async), and SQLite creates its file here on purpose.
-    from outbox._urls import SYNC_DRIVERS, resolve_db_url
-    from outbox.config import parse_db_url
-
-    try:
-        return resolve_db_url(db_url, allow_async=True, must_exist=False).url
-    except ConfigurationError:
-        driver = parse_db_url(db_url).drivername.partition("+")[2]
-        if driver not in SYNC_DRIVERS:
-            raise
-        # The asyncio driver is not installed here: its synchronous counterpart may be.
-        return resolve_db_url(db_url, must_exist=False).url
-
-
-def _engine(url: sa.URL) -> sa.Engine:
-    try:
-        return sa.create_engine(url, poolclass=sa.NullPool)
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"the database driver for {url.drivername} is not installed ({exc.name})"
-        ) from None
-
-
-def _first_line(exc: sa.exc.DBAPIError | OSError) -> str:
-    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
 
 
 def run_env() -> None:
@@ -408,4 +358,4 @@ def _env_url(config: Config) -> sa.URL:
         raise ConfigurationError(
             "no database URL: pass -x db_url=..., set OUTBOX_DB_URL or sqlalchemy.url"
         )
-    return _parse_url(given)
+    return parse_url(given)
