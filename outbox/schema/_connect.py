@@ -32,7 +32,8 @@ def alembic_call(call: Callable[[], None], url: sa.URL) -> None:
 
 def parse_url(db_url: str) -> sa.URL:
     # Same hints as every other command (postgres://, a missing driver and its extra); an
-    # asyncio driver stays (see _run_async), and SQLite creates its file here on purpose.
+    # asyncio driver stays (`migrate._run_async` runs it), and SQLite creates its file here
+    # on purpose.
     from outbox._urls import SYNC_DRIVERS, resolve_db_url
     from outbox.config import parse_db_url
 
