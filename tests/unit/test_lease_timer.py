@@ -113,3 +113,40 @@ def test_a_renewal_the_database_refuses_forgets_the_lease_at_once() -> None:
         timer.stop()
     assert keeper.current is None
     assert [c[:2] for c in changes.changes] == [(True, False), (False, False)]
+
+
+def late_keeper(store: StoreDouble) -> tuple[LeaseKeeper, Changes]:
+    """A lease held in timed mode whose timer never came: its local deadline has passed."""
+    changes = Changes()
+    keeper = LeaseKeeper(store, "me", TTL, changes)  # type: ignore[arg-type]
+    assert keeper.acquire()
+    keeper.timed = True
+    time.sleep(TTL * DEADLINE_FRACTION + 0.05)
+    return keeper, changes
+
+
+def test_a_send_past_the_local_deadline_asks_the_database_and_goes_on_if_still_ours() -> None:
+    store = StoreDouble()
+    keeper, changes = late_keeper(store)
+    lease = keeper.current
+    assert keeper.sendable() is lease
+    assert len(store.renewals) == 1  # renewed from the loop, once
+    assert keeper.sendable() is lease  # the deadline moved: no second renewal
+    assert keeper.fresh() is lease
+    assert len(store.renewals) == 1
+    assert [c[:2] for c in changes.changes] == [(True, False)]
+
+
+def test_a_send_past_the_local_deadline_stops_when_the_database_cannot_confirm() -> None:
+    for failure in (ConnectionError("database unreachable"), LeaseLostError("taken over")):
+        store = StoreDouble()
+        keeper, _ = late_keeper(store)
+        store.fail = failure
+        for check in (keeper.sendable, keeper.fresh):
+            try:
+                check()
+            except LeaseLostError:
+                pass
+            else:
+                raise AssertionError(f"{check.__name__} sent past the deadline after {failure!r}")
+        assert store.renewals == []
