@@ -138,8 +138,9 @@ class LeaseKeeper:
                 return True
             try:
                 if self.timed:
-                    raise LeaseLostError("local lease deadline passed")
-                self.renew(now)
+                    self._renew_late(lease)
+                else:
+                    self.renew(now)
                 return True
             except LeaseLostError:
                 # Logged once by the observer (LoggingObserver); the epoch is debug detail.

@@ -150,3 +150,12 @@ def test_a_send_past_the_local_deadline_stops_when_the_database_cannot_confirm()
             else:
                 raise AssertionError(f"{check.__name__} sent past the deadline after {failure!r}")
         assert store.renewals == []
+
+
+def test_a_cycle_past_the_local_deadline_keeps_a_lease_the_database_confirms() -> None:
+    store = StoreDouble()
+    keeper, changes = late_keeper(store)
+    lease = keeper.current
+    assert keeper.hold()
+    assert keeper.current is lease  # the same epoch: not forgotten and taken again
+    assert [c[:2] for c in changes.changes] == [(True, False)]
