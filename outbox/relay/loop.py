@@ -133,9 +133,7 @@ class Relay:
             replace_publisher=self._replace_publisher if self._owns_publisher else None,
             turned=self._health.turned,
         )
-        self._passes = Passes(
-            config, self.store, self._lease, self._parked, self._pipeline, self._stop
-        )
+        self._passes = Passes(self._pipeline, self._stop)
 
     # -- public ------------------------------------------------------------------------------
 

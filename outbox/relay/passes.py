@@ -13,14 +13,11 @@ from __future__ import annotations
 import threading
 import time
 
-from outbox.config import RelayConfig
 from outbox.errors import PublishError
-from outbox.relay.lease import LeaseHolder
-from outbox.relay.parked import ParkedKeys
 from outbox.relay.pipeline import InFlight, InFlightBatches, Pipeline
 from outbox.relay.publisher import Publisher
 from outbox.relay.reader import OrderedReader
-from outbox.relay.store import OutboxStore, Waker
+from outbox.relay.store import Waker
 
 #: Batches per pass; the next pass re-reads the parked keys and the backlog figures.
 BATCHES_PER_PASS = 50
@@ -29,21 +26,14 @@ NEW_EVENTS_POLL = 0.001
 
 
 class Passes:
-    """Runs the loop's passes over one table with the relay's lease, parked keys and pipeline."""
+    """Runs the loop's passes over one table through the relay's pipeline (whose config,
+    store, lease and parked keys it uses)."""
 
-    def __init__(
-        self,
-        config: RelayConfig,
-        store: OutboxStore,
-        lease: LeaseHolder,
-        parked: ParkedKeys,
-        pipeline: Pipeline,
-        stop: threading.Event,
-    ) -> None:
-        self._config = config
-        self.store = store
-        self._lease = lease
-        self._parked = parked
+    def __init__(self, pipeline: Pipeline, stop: threading.Event) -> None:
+        self._config = pipeline.config
+        self.store = pipeline.store
+        self._lease = pipeline.lease
+        self._parked = pipeline.parked
         self._pipeline = pipeline
         self._stop = stop
 
